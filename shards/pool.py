@@ -1,0 +1,71 @@
+"""Run one task per shard, in a process pool or in-process, with a progress bar.
+
+A failing task stops the run: the pending tasks are cancelled and the first error is
+re-raised naming its shard (a pool that swallows worker exceptions hides broken data).
+``ShardsError`` and ``OSError`` stay user-facing ``ShardsError``s; anything else is a bug
+and keeps its traceback chained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from typing import Any
+
+from tqdm import tqdm
+
+from shards.errors import ShardsError
+
+# A task: (shard name, positional args for fn, weight for the progress bar).
+Task = tuple[str, tuple, int]
+
+
+def _named_error(name: str, err: BaseException) -> Exception:
+    if isinstance(err, (ShardsError, OSError)):
+        return ShardsError(f"shard {name}: {err}")
+    return RuntimeError(f"shard {name} failed: {err!r}")
+
+
+def run_tasks(fn: Callable[..., Any], tasks: list[Task], *, workers: int = 1,
+              desc: str = "shards", unit: str = "file",
+              progress: bool = True) -> Iterator[tuple[str, Any]]:
+    """Yield (name, fn(*args)) for each task as it finishes (completion order).
+
+    ``workers`` <= 1 runs in this process (no pickling, plain tracebacks). ``progress``
+    False hides the bar; True shows it only on a terminal (tqdm's ``disable=None``).
+    """
+    bar = tqdm(total=sum(t[2] for t in tasks), desc=desc, unit=unit,
+               disable=None if progress else True, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for name, args, weight in tasks:
+                try:
+                    result = fn(*args)
+                except Exception as err:
+                    raise _named_error(name, err) from err
+                bar.update(weight)
+                yield name, result
+        else:
+            yield from _run_pool(fn, tasks, workers, bar)
+    finally:
+        bar.close()
+
+
+def _run_pool(fn, tasks: list[Task], workers: int, bar) -> Iterator[tuple[str, Any]]:
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+        pending = {pool.submit(fn, *args): (name, weight) for name, args, weight in tasks}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                # Report finished successes before any failure, so the caller records them.
+                for fut in sorted(done, key=lambda f: f.exception() is not None):
+                    name, weight = pending.pop(fut)
+                    if fut.exception() is not None:
+                        err = fut.exception()
+                        raise _named_error(name, err) from err
+                    bar.update(weight)
+                    yield name, fut.result()
+        finally:
+            # Cancel what has not started; running tasks finish (their writes are atomic).
+            for fut in pending:
+                fut.cancel()

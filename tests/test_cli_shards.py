@@ -1,0 +1,154 @@
+"""``sccl-shards`` command line: build/verify/info/synth wiring, exit codes, error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import shards
+from shards.cli import byte_size, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "shards", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def build_cli(corpus, out, *extra) -> int:
+    return main(["build", *corpus["args"], "--out", str(out), "--no-progress", *extra])
+
+
+def test_help_works_without_heavy_imports():
+    res = run_cli("--help")
+    assert res.returncode == 0 and "build" in res.stdout and "verify" in res.stdout
+    code = ("import sys; from shards.cli import make_parser; make_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'soundfile', 'webdataset', 'tqdm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_build_info_verify(la19_corpus, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert build_cli(la19_corpus, out, "--shard-size", "3", "--split-by-label") == 0
+    assert "12 samples (bonafide 4, spoof 8) in 5 shards" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "samples      12  (bonafide 4, spoof 8)" in text
+    assert "shards       5  (bonafide 2, spoof 3)" in text and "16000 Hz: 12" in text
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"] == {"bonafide": 4, "spoof": 8}
+    assert main(["verify", str(out), "--decode", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": OK")
+
+
+def test_verify_finds_corruption_missing_and_extra_shards(la19_corpus, tmp_path, capsys):
+    out = tmp_path / "shards"
+    build_cli(la19_corpus, out, "--shard-size", "3")
+    manifest = json.loads((out / "manifest.json").read_text())
+    shard = out / "train-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF  # inside the first member's audio bytes
+    shard.write_bytes(bytes(data))
+    (out / "train-000002.tar").unlink()
+    (out / "stray-000000.tar").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["verify", str(out), "--no-progress"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    first_key = sorted(r[1] for r in la19_corpus["rows"])[3]
+    assert "train-000001.tar: size/sha256 differ from manifest.json" in lines
+    assert f"train-000001.tar: {first_key}: audio sha256 differs from its json" in lines
+    assert "train-000002.tar: missing" in lines
+    assert "stray-000000.tar: .tar file not listed in manifest.json" in lines
+    assert lines[-1].endswith("problem(s)") and len(manifest["shards"]) == 4
+
+
+def test_bad_input_is_one_message_exit_2_no_traceback(la19_corpus, tmp_path):
+    proto = la19_corpus["protocol"]
+    proto.write_text(proto.read_text() + "LA_0079 LA_T_1 -\n")
+    res = run_cli("build", *la19_corpus["args"], "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"sccl-shards: error: {proto}:13: LA_0079 LA_T_1 -\n")
+    assert "expected 5 columns, found 3" in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_other_build_and_incomplete_dirs(la19_corpus, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert build_cli(la19_corpus, out, "--shard-size", "3") == 0
+    assert build_cli(la19_corpus, out, "--shuffle", "--seed", "3") == 2
+    err = capsys.readouterr().err
+    assert "holds another build" in err and "--overwrite" in err and "shuffle: False -> True" in err
+    assert build_cli(la19_corpus, out, "--shuffle", "--seed", "3", "--overwrite") == 0
+    (out / "manifest.json").rename(out / ".build-state.json")
+    assert main(["info", str(out)]) == 2 and "build incomplete" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "not a shard directory" in capsys.readouterr().err
+
+
+def test_shard_bytes_flag(la19_corpus, tmp_path, capsys):
+    assert byte_size("1000") == 1000 and byte_size("512M") == 512 << 20
+    assert byte_size("2GiB") == 2 << 30 and byte_size("3k") == 3 << 10
+    with pytest.raises(Exception, match="not a byte size"):
+        byte_size("lots")
+    out = tmp_path / "o"
+    assert build_cli(la19_corpus, out, "--shard-size", "0", "--shard-bytes", "8K") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    flac = la19_corpus["audio_dir"] / "flac"
+    sizes = [sum((flac / f"{k}.flac").stat().st_size for k in keys)
+             for keys in _shard_keys(out, manifest)]
+    assert len(sizes) > 1 and max(sizes) <= 8 << 10
+
+
+def _shard_keys(out, manifest):
+    import webdataset as wds
+
+    return [[s["__key__"] for s in wds.WebDataset(str(out / e["name"]), shardshuffle=False)]
+            for e in manifest["shards"]]
+
+
+def test_synth_subcommand_wiring(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("shards.synth")
+    fake.generate = lambda out, **kw: calls.append((out, kw)) or {"files": 3}
+    monkeypatch.setitem(sys.modules, "shards.synth", fake)
+    monkeypatch.setattr(shards, "synth", fake, raising=False)
+    out = str(tmp_path / "corpus")
+    assert main(["synth", "--out", out, "--size", "tiny", "--seed", "3", "--workers", "2"]) == 0
+    assert calls == [(out, {"size": "tiny", "seed": 3, "workers": 2})]
+    assert json.loads(capsys.readouterr().out) == {"files": 3}
+
+
+@pytest.mark.slow
+def test_synth_corpus_shards_in_every_format(tmp_path, capsys):
+    """The synthetic corpus and the builder agree on layouts and protocol formats."""
+    pytest.importorskip("shards.synth")
+    corpus, out = tmp_path / "synth", tmp_path / "shards"
+    assert main(["synth", "--out", str(corpus), "--size", "tiny", "--workers", "2"]) == 0
+    la = corpus / "LA"
+    proto = la / "ASVspoof2019_LA_cm_protocols"
+    builds = {
+        "la19_train": ["asvspoof2019", proto / "ASVspoof2019.LA.cm.train.trn.txt",
+                       la / "ASVspoof2019_LA_train", "--split-by-label"],
+        "la21": ["asvspoof2021", corpus / "keys/LA/CM/trial_metadata.txt",
+                 corpus / "ASVspoof2021_LA_eval", "--subset", "all"],
+        "df21": ["asvspoof2021", corpus / "keys/DF/CM/trial_metadata.txt",
+                 corpus / "ASVspoof2021_DF_eval", "--subset", "all"],
+        "itw": ["itw", corpus / "release_in_the_wild/meta.csv", corpus / "release_in_the_wild"],
+    }
+    for name, (fmt, protocol, audio, *extra) in builds.items():
+        args = ["build", "--format", fmt, "--protocol", str(protocol), "--audio-dir", str(audio),
+                "--out", str(out / name), "--no-progress", "--workers", "2", *extra]
+        assert main(args) == 0, capsys.readouterr().err
+        assert main(["verify", str(out / name), "--decode", "--no-progress"]) == 0
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        assert manifest["counts"]["bonafide"] > 0 and manifest["counts"]["spoof"] > 0
