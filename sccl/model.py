@@ -1,0 +1,428 @@
+"""XLS-R (wav2vec 2.0) encoder + SupCon projection head: raw 16 kHz waves -> unit vectors z.
+
+    wave (B, T) -> Wav2Vec2Model -> hidden states (L+1) x (B, F, H) -> aggregate -> (B, F, H)
+      -> per frame Dropout -> LeakyReLU -> Linear(H -> P) -> masked mean over valid frames
+      -> L2-normalise -> z (B, P)
+
+The encoder is a `transformers.Wav2Vec2Model`, chosen by `ModelConfig.encoder`:
+  "tiny"              random-init toy (2 layers, hidden 32): CPU tests and the demo;
+  "xlsr-300m-random"  the facebook/wav2vec2-xls-r-300m architecture with random weights
+                      (315.4 M parameters): speed and memory measurements;
+  anything else       a local directory or hub id for `Wav2Vec2Model.from_pretrained`, e.g.
+                      "facebook/wav2vec2-xls-r-300m" (the study's encoder). The build machines
+                      cannot reach the hub: download on a machine with internet with
+                      `hf download facebook/wav2vec2-xls-r-300m --local-dir DIR` (huggingface_hub
+                      >= 1.0; older: huggingface-cli download),
+                      then set encoder to DIR (and HF_HUB_OFFLINE=1 so nothing waits on the network).
+`SupConModel.save_pretrained(dir)` writes the weights and both configs, so a run directory
+loads with `SupConModel.from_pretrained(dir)` without the hub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from shards.atomic import atomic_write_bytes, atomic_write_json
+
+PRESETS = ("tiny", "xlsr-300m-random")
+AGGREGATIONS = ("mean_all", "last", "weighted")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+CONFIG_NAME = "model_config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+# Present only when SpecAugment masking is on (mask_*_prob > 0): tolerated when absent/extra.
+_OPTIONAL_KEYS = frozenset({"encoder.masked_spec_embed"})
+
+# facebook/wav2vec2-xls-r-300m's config.json (not readable offline: the architecture values are
+# the published ones and give the hub model's 315,438,720 parameters with masked_spec_embed;
+# the dropouts are the hub's to our knowledge and change neither architecture nor count).
+_XLSR_300M = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+    hidden_act="gelu", conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+    conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=True, feat_extract_norm="layer",
+    feat_extract_activation="gelu", do_stable_layer_norm=True, num_conv_pos_embeddings=128,
+    num_conv_pos_embedding_groups=16, layer_norm_eps=1e-5, hidden_dropout=0.1,
+    attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
+)
+# Same conv kernels/strides as XLS-R (receptive field 400, stride 320: 16 kHz -> 50 frames/s,
+# identical frame counts) and the same layer-norm / stable-layer-norm code path, tiny widths.
+# 16 channels per positional-conv group: with 4-12, torch 2.11's oneDNN bf16 grouped conv1d
+# returns wrong values on AVX512 CPUs (measured), which would break CPU bf16 runs.
+_TINY = {
+    **_XLSR_300M, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+}
+_PRESET_KWARGS = {"tiny": _TINY, "xlsr-300m-random": _XLSR_300M}
+
+
+class ModelLoadError(OSError):
+    """A model or encoder could not be loaded; the message names the path/key and a fix."""
+
+
+@dataclass
+class ModelConfig:
+    """Stage 1 model: encoder choice, hidden-state aggregation and projection head."""
+
+    encoder: str = "tiny"
+    """"tiny" | "xlsr-300m-random" (random-init presets) | a local directory or hub id passed to
+    `Wav2Vec2Model.from_pretrained` (presets win over a directory with the same name)."""
+    aggregation: str = "mean_all"
+    """"mean_all": mean of all L+1 hidden states (input to layer 1 + every layer; 25 for
+    XLS-R), as the study; "last": last layer only; "weighted": learned softmax-weighted sum
+    (weights start uniform, i.e. equal to mean_all)."""
+    proj_dim: int = 256
+    """Size of z, the output of the projection head."""
+    head_dropout: float = 0.1
+    """Dropout on each frame before LeakyReLU -> Linear."""
+    gradient_checkpointing: bool = False
+    """Recompute each encoder layer in backward (non-reentrant): activation memory of one
+    layer instead of all, for one extra forward pass of the layers."""
+    freeze_feature_encoder: bool = False
+    """Freeze the conv feature encoder (the study fine-tunes everything)."""
+    layerdrop: float = 0.0
+    """Encoder LayerDrop; overrides the loaded config (XLS-R's says 0.1). Must be 0 unless
+    aggregation is "last": a dropped layer removes a hidden state from the aggregate."""
+    mask_time_prob: float = 0.0
+    """SpecAugment time masking inside the encoder in train mode; overrides the loaded config."""
+    mask_feature_prob: float = 0.0
+    """SpecAugment feature masking inside the encoder in train mode; overrides the loaded config."""
+    attn_implementation: str = "sdpa"
+    """Encoder attention kernel: "sdpa" (torch scaled_dot_product_attention), "eager",
+    "flash_attention_2" (needs CUDA and flash-attn) or "flex_attention"."""
+    normalize_wave: bool = False
+    """Zero-mean/unit-variance per utterance over its valid samples, as the XLS-R checkpoint's
+    feature extractor (do_normalize=True) does; off = the waves as the data pipeline gives them."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.encoder, str) or not self.encoder:
+            raise ValueError(f"model.encoder must be a non-empty string, got {self.encoder!r}")
+        _check_choice("model.aggregation", self.aggregation, AGGREGATIONS)
+        _check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        if not isinstance(self.proj_dim, int) or self.proj_dim < 1:
+            raise ValueError(f"model.proj_dim must be a positive int, got {self.proj_dim!r}")
+        for name in ("head_dropout", "layerdrop", "mask_time_prob", "mask_feature_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {value!r}")
+        if self.layerdrop > 0 and self.aggregation != "last":
+            raise ValueError(
+                f"model.layerdrop={self.layerdrop} drops whole layers at random, which breaks "
+                f"aggregation={self.aggregation!r}; use layerdrop=0 or aggregation='last'"
+            )
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _overrides(cfg: ModelConfig) -> dict[str, Any]:
+    """Encoder config values that ModelConfig decides, whatever the checkpoint says."""
+    return dict(
+        layerdrop=cfg.layerdrop,
+        mask_time_prob=cfg.mask_time_prob,
+        mask_feature_prob=cfg.mask_feature_prob,
+        attn_implementation=cfg.attn_implementation,
+    )
+
+
+def build_encoder(cfg: ModelConfig, encoder_config: dict | None = None) -> Wav2Vec2Model:
+    """The encoder for `cfg`: from `encoder_config` (a saved Wav2Vec2Config dict; random init,
+    the caller loads the weights), a preset, or `from_pretrained` on a directory/hub id."""
+    if encoder_config is not None:
+        return Wav2Vec2Model(Wav2Vec2Config.from_dict(encoder_config, **_overrides(cfg)))
+    if cfg.encoder in _PRESET_KWARGS:
+        return Wav2Vec2Model(Wav2Vec2Config(**_PRESET_KWARGS[cfg.encoder], **_overrides(cfg)))
+    return _load_pretrained_encoder(cfg.encoder, _overrides(cfg))
+
+
+def _load_pretrained_encoder(name: str, overrides: dict[str, Any]) -> Wav2Vec2Model:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file() and (path / CONFIG_NAME).is_file():
+            raise ModelLoadError(
+                f"could not load encoder '{name}': it is a SupConModel directory "
+                f"({CONFIG_NAME}); load it with SupConModel.from_pretrained"
+            )
+        try:
+            return Wav2Vec2Model.from_pretrained(str(path), **overrides)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"could not load encoder '{name}' (local directory): {err}") from err
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        raise ModelLoadError(
+            f"could not load encoder '{name}': not a directory (a local encoder is a directory "
+            f"with config.json and weights, e.g. from `hf download facebook/wav2vec2-xls-r-300m "
+            f"--local-dir DIR` on a machine with internet)"
+        )
+    download = f"`hf download {name} --local-dir DIR`, copy DIR here and set the encoder to DIR"
+    try:  # a hub id
+        return Wav2Vec2Model.from_pretrained(name, **overrides)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"could not load encoder '{name}': not a local directory and the hub is unreachable "
+            f"(or has no such model); download it on a machine with internet: {download}. "
+            f"Cause: {type(err).__name__}: {err}"
+        ) from err
+
+
+class SupConModel(nn.Module):
+    """Wav2Vec2 encoder + aggregation + projection head -> L2-normalised z (B, proj_dim)."""
+
+    def __init__(self, cfg: ModelConfig, *, encoder_config: dict | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg, encoder_config)
+        hidden = self.encoder.config.hidden_size
+        self.num_hidden_states = self.encoder.config.num_hidden_layers + 1
+        if cfg.aggregation == "weighted":  # zeros -> softmax uniform -> starts as mean_all
+            self.layer_weights = nn.Parameter(torch.zeros(self.num_hidden_states))
+        self.head = nn.Sequential(
+            nn.Dropout(cfg.head_dropout), nn.LeakyReLU(), nn.Linear(hidden, cfg.proj_dim)
+        )
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(self.encoder)
+        if cfg.freeze_feature_encoder:
+            self.encoder.freeze_feature_encoder()
+
+    def forward(self, wave: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """wave float (B, T), attention_mask (B, T) 1 = real sample, right padding -> z fp32 (B, P)."""
+        frames, frame_mask = self.embed_frames(wave, attention_mask)
+        y = self.head(frames)  # (B, F, P)
+        m = frame_mask.unsqueeze(-1).to(torch.float32)  # (B, F, 1)
+        pooled = (y.float() * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, P), padding excluded
+        return F.normalize(pooled, dim=-1)
+
+    def embed_frames(
+        self, wave: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aggregated hidden states (B, F, H) fp32 and the valid-frame mask (B, F) bool."""
+        mask = self._check_inputs(wave, attention_mask)
+        if self.cfg.normalize_wave:
+            wave = _normalize_wave(wave, mask)
+        # Layer-norm feature encoders (XLS-R) were trained with padding masks; group-norm ones
+        # (wav2vec2-base) normalise over time and expect zero padding without a mask.
+        pass_mask = mask if self.encoder.config.feat_extract_norm == "layer" else None
+        want_all = self.cfg.aggregation != "last"
+        out = self.encoder(wave, attention_mask=pass_mask, output_hidden_states=want_all)
+        num_frames = out.last_hidden_state.shape[1]
+        if mask is None:
+            frame_mask = wave.new_ones(wave.shape[0], num_frames, dtype=torch.bool)
+        else:
+            frame_mask = self.encoder._get_feature_vector_attention_mask(num_frames, mask)
+        return self._aggregate(out), frame_mask
+
+    def _check_inputs(self, wave: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        if wave.dim() != 2 or not wave.is_floating_point():
+            raise ValueError(f"wave must be float (B, T), got {wave.dtype} {tuple(wave.shape)}")
+        min_len = self.receptive_field
+        if wave.shape[1] < min_len:
+            raise ValueError(f"wave has {wave.shape[1]} samples; the encoder needs >= {min_len}")
+        if mask is None:
+            return None
+        if mask.shape != wave.shape:
+            raise ValueError(f"attention_mask {tuple(mask.shape)} != wave {tuple(wave.shape)}")
+        mask = mask.long()
+        if (mask.sum(-1) < min_len).any():  # would give an empty masked mean
+            raise ValueError(f"every wave needs >= {min_len} valid samples (attention_mask)")
+        return mask
+
+    def _aggregate(self, out: Any) -> torch.Tensor:
+        """(B, F, H) fp32 from the encoder output, per cfg.aggregation."""
+        if self.cfg.aggregation == "last":
+            return out.last_hidden_state.float()
+        states = out.hidden_states
+        if len(states) != self.num_hidden_states:
+            raise RuntimeError(f"encoder returned {len(states)} hidden states, expected "
+                               f"{self.num_hidden_states} (layerdrop must be 0)")
+        # transformers 5 records the last layer before the final layer norm (stable-layer-norm
+        # models); transformers 4 returned the normed one, as the study's code saw: keep that.
+        states = (*states[:-1], out.last_hidden_state)
+        if self.cfg.aggregation == "mean_all":
+            weights = [1.0 / len(states)] * len(states)
+        else:
+            weights = torch.softmax(self.layer_weights.float(), dim=0).unbind(0)
+        # Running sum in fp32: no (L+1, B, F, H) stack, and bf16 states do not lose precision.
+        total = states[0].float() * weights[0]
+        for w, h in zip(weights[1:], states[1:], strict=True):
+            total = total + w * h
+        return total
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples needed for one frame (400 for XLS-R and the tiny preset)."""
+        c, rf, jump = self.encoder.config, 1, 1
+        for k, s in zip(c.conv_kernel, c.conv_stride, strict=True):
+            rf, jump = rf + (k - 1) * jump, jump * s
+        return rf
+
+    def param_groups(
+        self, encoder_lr: float, head_lr: float, weight_decay: float, *, exclude_norm_bias: bool = True
+    ) -> list[dict]:
+        """AdamW parameter groups: encoder vs head (head + layer_weights), each split into
+        decayed weights and, when exclude_norm_bias, undecayed biases/norm gains/1-d params and
+        the positional conv's weight-norm magnitude. Frozen parameters are left out; empty
+        groups are dropped. Each group carries a "name"."""
+        if min(encoder_lr, head_lr, weight_decay) < 0:
+            raise ValueError(f"learning rates and weight_decay must be >= 0, got "
+                             f"{encoder_lr}, {head_lr}, {weight_decay}")
+        buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "encoder" if name.startswith("encoder.") else "head"
+            no_decay = p.ndim < 2 or name.endswith("parametrizations.weight.original0")
+            buckets.setdefault((part, exclude_norm_bias and no_decay), []).append(p)
+        groups = []
+        for part, lr in (("encoder", encoder_lr), ("head", head_lr)):
+            for no_decay in (False, True):
+                params = buckets.get((part, no_decay), [])
+                if params:
+                    groups.append({"name": part + ("_no_decay" if no_decay else ""), "params": params,
+                                   "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay})
+        return groups
+
+    def count_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def forward_flops(self, num_samples: int) -> int:
+        """Forward FLOPs for one wave of num_samples (multiply-add = 2 FLOPs). Counts the
+        convolutions and matrix products: conv stack sum(2 * F_i * C_i * C_{i-1} * k_i),
+        projection 2FCH, positional conv 2(F+1)H(H/G)K, per layer 8FH^2 (q, k, v, out)
+        + 4F^2H (scores, weighted sum) + 4FH*FFN, head 2FHP. Norms, activations and softmax
+        (O(FH) each against O(FH^2)) are left out. A training step costs about 3x this."""
+        c = self.encoder.config
+        flops, length, c_in = 0, int(num_samples), 1
+        for c_out, k, s in zip(c.conv_dim, c.conv_kernel, c.conv_stride, strict=True):
+            length = (length - k) // s + 1
+            flops += 2 * length * c_out * c_in * k
+            c_in = c_out
+        f, h, k = length, c.hidden_size, c.num_conv_pos_embeddings
+        flops += 2 * f * c_in * h
+        flops += 2 * (f + 2 * (k // 2) - k + 1) * h * (h // c.num_conv_pos_embedding_groups) * k
+        layer = 8 * f * h * h + 4 * f * f * h + 4 * f * h * c.intermediate_size
+        return flops + c.num_hidden_layers * layer + 2 * f * h * self.cfg.proj_dim
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors and model_config.json (ModelConfig + the encoder's full
+        Wav2Vec2Config, so the directory loads without the hub), each atomically."""
+        directory = Path(directory)
+        tensors, aliases = _dedupe_shared(self.state_dict())
+        blob = safetensors_save(tensors, metadata={"format": "pt", "aliases": json.dumps(aliases)})
+        atomic_write_bytes(directory / WEIGHTS_NAME, blob)
+        atomic_write_json(directory / CONFIG_NAME, {
+            "format_version": FORMAT_VERSION,
+            "model_config": dataclasses.asdict(self.cfg),
+            "encoder_config": self.encoder.config.to_dict(),
+        })
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> SupConModel:
+        """Rebuild from a save_pretrained directory (CPU, no hub). `overrides` replace
+        ModelConfig fields that leave the weights' shapes alone (gradient_checkpointing,
+        attn_implementation, head_dropout, ...; not encoder, aggregation, proj_dim)."""
+        directory = Path(directory)
+        fixed = sorted(set(overrides) & {"encoder", "aggregation", "proj_dim"})
+        if fixed:
+            raise ValueError(f"from_pretrained cannot override {fixed}: they define the weights")
+        meta = _read_model_config(directory / CONFIG_NAME)
+        try:
+            cfg = ModelConfig(**meta["model_config"])
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"{directory / CONFIG_NAME}: model_config: {err}") from err
+        cfg = dataclasses.replace(cfg, **overrides)
+        try:
+            model = cls(cfg, encoder_config=meta["encoder_config"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"{directory / CONFIG_NAME}: encoder_config: {err}") from err
+        state = _read_weights(directory / WEIGHTS_NAME)
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatch
+            raise ModelLoadError(f"{directory / WEIGHTS_NAME}: {err}") from err
+        bad = sorted((set(result.missing_keys) | set(result.unexpected_keys)) - _OPTIONAL_KEYS)
+        if bad:
+            raise ModelLoadError(f"{directory / WEIGHTS_NAME}: does not match {CONFIG_NAME}: "
+                                 f"missing {result.missing_keys[:5]}, unexpected "
+                                 f"{result.unexpected_keys[:5]}")
+        return model
+
+
+def _enable_checkpointing(encoder: Wav2Vec2Model) -> None:
+    kwargs = {"use_reentrant": False}  # works with a frozen conv stack and DDP
+    if hasattr(encoder, "activation_checkpointing_enable"):  # later 5.x; the old name warns
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _normalize_wave(wave: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-utterance zero mean / unit variance over valid samples; padding stays 0. (B, T)."""
+    m = torch.ones_like(wave) if mask is None else mask.to(wave.dtype)
+    n = m.sum(-1, keepdim=True)
+    mean = (wave * m).sum(-1, keepdim=True) / n
+    var = ((wave - mean) ** 2 * m).sum(-1, keepdim=True) / n
+    return (wave - mean) / torch.sqrt(var + 1e-7) * m
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, str]]:
+    """safetensors refuses tensors sharing storage: keep the first name of each, and map the
+    others to it (restored on load)."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in state.items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride())
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _read_model_config(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing; a SupConModel directory holds {CONFIG_NAME} and "
+                             f"{WEIGHTS_NAME} (written by SupConModel.save_pretrained)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
+    except UnicodeDecodeError as err:
+        raise ModelLoadError(f"{path}: not UTF-8 text: {err}") from err
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(f"{path}: format_version {meta.get('format_version')!r}, "
+                             f"this code reads {FORMAT_VERSION}")
+    for key in ("model_config", "encoder_config"):
+        if not isinstance(meta.get(key), dict):
+            raise ModelLoadError(f"{path}: key '{key}' missing or not an object")
+    return meta
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing (written by SupConModel.save_pretrained)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+            state = {name: f.get_tensor(name) for name in f.keys()}
+        for alias, source in aliases.items():
+            state[alias] = state[source]
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise ModelLoadError(f"{path}: corrupt or truncated safetensors file: {err}") from err
+    return state

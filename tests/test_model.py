@@ -1,0 +1,316 @@
+"""Tests for sccl.model: tiny preset on CPU; the XLS-R 300M preset only on the meta device."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import huggingface_hub.constants
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from sccl.model import (
+    _TINY,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ModelConfig,
+    ModelLoadError,
+    SupConModel,
+)
+
+
+def make(**kw) -> SupConModel:
+    torch.manual_seed(0)
+    return SupConModel(ModelConfig(**kw))
+
+
+def padded_batch(lengths: list[int], total: int, seed: int = 1):
+    """Waves of the given lengths, zero-padded to `total`, with their mask and the originals."""
+    gen = torch.Generator().manual_seed(seed)
+    waves = [torch.randn(n, generator=gen) for n in lengths]
+    batch = torch.zeros(len(lengths), total)
+    mask = torch.zeros(len(lengths), total, dtype=torch.long)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+        mask[i, : len(w)] = 1
+    return batch, mask, waves
+
+
+@pytest.fixture
+def hf_tiny_dir(tmp_path):
+    """A Hugging Face style Wav2Vec2 directory whose config has the hub's layerdrop/masking."""
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(**_TINY, layerdrop=0.1, mask_time_prob=0.075)
+    encoder = Wav2Vec2Model(cfg)
+    encoder.save_pretrained(tmp_path / "hf")
+    return tmp_path / "hf", encoder
+
+
+def test_output_is_unit_norm_fp32():
+    model = make().eval()
+    wave = torch.randn(3, 16000)
+    z = model(wave)
+    assert z.shape == (3, 256) and z.dtype == torch.float32
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
+    assert model.receptive_field == 400
+    _, frame_mask = model.embed_frames(wave)
+    assert frame_mask.shape == (3, 49) and frame_mask.all()  # (16000 - 400) // 320 + 1 frames
+
+
+@pytest.mark.parametrize("aggregation", ["mean_all", "last", "weighted"])
+@pytest.mark.parametrize("normalize_wave", [False, True])
+def test_padding_with_mask_gives_unpadded_result(aggregation, normalize_wave):
+    model = make(aggregation=aggregation, normalize_wave=normalize_wave).eval()
+    batch, mask, waves = padded_batch([8000, 12345, 4000], total=16000)
+    with torch.no_grad():
+        z_batch = model(batch, mask)
+        z_alone = torch.cat([model(w[None]) for w in waves])
+        z_unmasked = model(batch)
+    torch.testing.assert_close(z_batch, z_alone, atol=1e-5, rtol=1e-4)
+    assert (z_unmasked[0] - z_alone[0]).abs().max() > 1e-3  # the mask really matters
+
+
+def test_mean_all_and_last_follow_the_encoder_outputs():
+    model = make().eval()
+    wave = torch.randn(2, 9000)
+    with torch.no_grad():
+        out = model.encoder(wave, output_hidden_states=True)
+        frames, _ = model.embed_frames(wave)
+        states = (*out.hidden_states[:-1], out.last_hidden_state)
+        assert len(states) == 3  # input to layer 1 + 2 layers
+        torch.testing.assert_close(frames, torch.stack(states).mean(0))
+        model.cfg.aggregation = "last"
+        torch.testing.assert_close(model.embed_frames(wave)[0], out.last_hidden_state)
+
+
+def test_weighted_starts_as_mean_and_learns():
+    weighted, mean_all = make(aggregation="weighted").eval(), make().eval()
+    wave = torch.randn(2, 9000)
+    with torch.no_grad():
+        torch.testing.assert_close(weighted(wave), mean_all(wave))
+        weighted.layer_weights.copy_(torch.tensor([0.0, 30.0, 0.0]))  # ~ one-hot on layer 1
+        out = weighted.encoder(wave, output_hidden_states=True)
+        torch.testing.assert_close(weighted.embed_frames(wave)[0], out.hidden_states[1])
+    weighted.train()
+    weighted(wave).sum().backward()
+    assert weighted.layer_weights.grad is not None and weighted.layer_weights.grad.abs().sum() > 0
+
+
+def test_layerdrop_and_masking_overridden(hf_tiny_dir):
+    path, _ = hf_tiny_dir
+    model = SupConModel(ModelConfig(encoder=str(path)))
+    assert model.encoder.config.layerdrop == 0.0 and model.encoder.config.mask_time_prob == 0.0
+    assert not hasattr(model.encoder, "masked_spec_embed")
+    model.train()
+    assert len(model.encoder(torch.randn(1, 4000), output_hidden_states=True).hidden_states) == 3
+    masked = make(mask_time_prob=0.3, mask_feature_prob=0.2)
+    assert masked.encoder.config.mask_time_prob == 0.3
+    assert masked.encoder.config.mask_feature_prob == 0.2
+    with pytest.raises(ValueError, match="layerdrop"):
+        ModelConfig(layerdrop=0.1)
+    assert make(layerdrop=0.1, aggregation="last").encoder.config.layerdrop == 0.1
+
+
+@pytest.mark.parametrize("kw", [{"aggregation": "max"}, {"attn_implementation": "flash"},
+                                {"proj_dim": 0}, {"head_dropout": 1.0}, {"encoder": ""}])
+def test_config_rejects_bad_values(kw):
+    with pytest.raises(ValueError):
+        ModelConfig(**kw)
+
+
+def test_input_checks():
+    model = make()
+    with pytest.raises(ValueError, match="float"):
+        model(torch.randn(16000))
+    with pytest.raises(ValueError, match=">= 400"):
+        model(torch.randn(2, 399))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.randn(2, 800), torch.ones(2, 700))
+    mask = torch.ones(2, 800, dtype=torch.long)
+    mask[1, 300:] = 0
+    with pytest.raises(ValueError, match="valid samples"):
+        model(torch.randn(2, 800), mask)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = make(aggregation="weighted", proj_dim=16).eval()
+    with torch.no_grad():
+        model.layer_weights.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    model.save_pretrained(tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / CONFIG_NAME).read_text())
+    assert meta["model_config"]["proj_dim"] == 16
+    assert meta["encoder_config"]["hidden_size"] == 32
+    loaded = SupConModel.from_pretrained(tmp_path / "run").eval()
+    batch, mask, _ = padded_batch([6000, 9000], total=9000)
+    with torch.no_grad():
+        assert torch.equal(model(batch, mask), loaded(batch, mask))
+    again = SupConModel.from_pretrained(tmp_path / "run", gradient_checkpointing=True)
+    assert again.cfg.gradient_checkpointing and again.cfg.proj_dim == 16
+    with pytest.raises(ValueError, match="proj_dim"):
+        SupConModel.from_pretrained(tmp_path / "run", proj_dim=8)
+
+
+def test_shared_tensors_survive_save_and_load(tmp_path):
+    model = make().eval()
+    layers = model.encoder.encoder.layers
+    layers[1].feed_forward.intermediate_dense.weight = layers[0].feed_forward.intermediate_dense.weight
+    model.save_pretrained(tmp_path)  # plain safetensors would refuse the shared storage
+    loaded = SupConModel.from_pretrained(tmp_path).eval()
+    wave = torch.randn(2, 5000)
+    with torch.no_grad():
+        assert torch.equal(model(wave), loaded(wave))
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="model_config.json: missing"):
+        SupConModel.from_pretrained(tmp_path / "nothing")
+    make().save_pretrained(tmp_path)
+    weights, config = tmp_path / WEIGHTS_NAME, tmp_path / CONFIG_NAME
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        SupConModel.from_pretrained(tmp_path)
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="model.safetensors: missing"):
+        SupConModel.from_pretrained(tmp_path)
+    text = config.read_text()
+    config.write_text(text.replace('"proj_dim": 256', '"proj_dim": 256,,'))
+    with pytest.raises(ModelLoadError, match=r"model_config.json:\d+:\d+: invalid JSON"):
+        SupConModel.from_pretrained(tmp_path)
+    config.write_text(text.replace('"proj_dim"', '"proj_size"'))
+    with pytest.raises(ModelLoadError, match="proj_size"):
+        SupConModel.from_pretrained(tmp_path)
+    config.write_text(json.dumps({"format_version": 1, "model_config": {}}))
+    with pytest.raises(ModelLoadError, match="'encoder_config' missing"):
+        SupConModel.from_pretrained(tmp_path)
+
+
+def test_local_hf_directory_loads_its_weights(hf_tiny_dir):
+    path, encoder = hf_tiny_dir
+    model = SupConModel(ModelConfig(encoder=str(path), attn_implementation="eager"))
+    assert model.encoder.config._attn_implementation == "eager"
+    mine, theirs = model.encoder.state_dict(), encoder.state_dict()
+    assert set(theirs) - set(mine) == {"masked_spec_embed"}  # masking off -> not built
+    for name, tensor in mine.items():
+        assert torch.equal(tensor, theirs[name]), name
+
+
+def test_missing_encoder_gives_clear_error_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="not a directory"):
+        SupConModel(ModelConfig(encoder=str(tmp_path / "missing")))
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="not a local directory and the hub is unreachable"):
+        SupConModel(ModelConfig(encoder="facebook/wav2vec2-xls-r-300m"))
+    assert time.monotonic() - start < 10
+    make().save_pretrained(tmp_path / "run")
+    with pytest.raises(ModelLoadError, match="SupConModel.from_pretrained"):
+        SupConModel(ModelConfig(encoder=str(tmp_path / "run")))
+
+
+def loss_and_grads(model: SupConModel, batch, mask):
+    torch.manual_seed(123)  # same dropout masks in both runs
+    z = model(batch, mask)
+    loss = (z @ z.T).pow(2).sum()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_gradient_checkpointing_same_loss_and_grads():
+    plain, ckpt = make().train(), make(gradient_checkpointing=True).train()
+    assert all(layer.gradient_checkpointing for layer in ckpt.encoder.encoder.layers)
+    batch, mask, _ = padded_batch([7000, 9000], total=9000)
+    loss_a, grads_a = loss_and_grads(plain, batch, mask)
+    loss_b, grads_b = loss_and_grads(ckpt, batch, mask)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+def test_freeze_feature_encoder_freezes_only_the_conv_stack():
+    model = make(freeze_feature_encoder=True).train()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    conv = {n for n, _ in model.named_parameters() if n.startswith("encoder.feature_extractor.")}
+    assert frozen == conv and len(conv) == 7 * 4  # conv weight + bias + LayerNorm gain + bias
+    model(torch.randn(2, 4000)).sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n in conv)
+    conv_size = sum(model.get_parameter(n).numel() for n in conv)
+    assert model.count_parameters(trainable_only=True) == model.count_parameters() - conv_size
+
+
+def test_param_groups_partition_trainable_parameters():
+    model = make(aggregation="weighted", freeze_feature_encoder=True)
+    groups = model.param_groups(encoder_lr=1e-5, head_lr=5e-4, weight_decay=3e-3)
+    assert [g["name"] for g in groups] == ["encoder", "encoder_no_decay", "head", "head_no_decay"]
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert len(ids) == len(set(ids)) and set(ids) == set(trainable)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["encoder"]["lr"] == 1e-5 and by_name["head"]["lr"] == 5e-4
+    assert by_name["head"]["weight_decay"] == 3e-3 and by_name["head_no_decay"]["weight_decay"] == 0
+    assert any(p is model.layer_weights for p in by_name["head_no_decay"]["params"])
+    assert all(p.ndim >= 2 for g in groups if "no_decay" not in g["name"] for p in g["params"])
+    flat = model.param_groups(1e-5, 5e-4, 3e-3, exclude_norm_bias=False)
+    assert [g["name"] for g in flat] == ["encoder", "head"]
+    optimizer = torch.optim.AdamW(groups)
+    model(torch.randn(2, 4000)).sum().backward()
+    optimizer.step()
+    with pytest.raises(ValueError, match=">= 0"):
+        model.param_groups(-1.0, 1e-3, 0.0)
+
+
+def test_bf16_autocast_forward_and_backward_on_cpu():
+    model = make().eval()
+    wave = torch.randn(2, 16000)
+    with torch.no_grad():
+        reference = model(wave)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = model(wave)
+    assert z.dtype == torch.float32 and torch.isfinite(z).all()
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2))
+    # A broken bf16 kernel (e.g. oneDNN grouped conv) shows up as cosine ~0.3, not 0.999.
+    assert F.cosine_similarity(z, reference).min() > 0.999
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(wave).sum()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("num_samples", [16000, 12345])
+def test_forward_flops_match_flop_counter(num_samples):
+    model = make(attn_implementation="eager").eval()  # torch counts the eager matmuls
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, num_samples))
+    assert model.forward_flops(num_samples) == counter.get_total_flops()
+
+
+def test_group_norm_encoder_runs_with_padding(tmp_path):
+    torch.manual_seed(0)
+    kwargs = {**_TINY, "feat_extract_norm": "group", "do_stable_layer_norm": False}
+    Wav2Vec2Model(Wav2Vec2Config(**kwargs)).save_pretrained(tmp_path)
+    model = SupConModel(ModelConfig(encoder=str(tmp_path))).eval()
+    batch, mask, _ = padded_batch([5000, 8000], total=8000)
+    with torch.no_grad():
+        z = model(batch, mask)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(2))
+
+
+def test_xlsr_300m_preset_architecture_on_meta_device():
+    with torch.device("meta"):
+        model = SupConModel(ModelConfig(encoder="xlsr-300m-random"))
+    c = model.encoder.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (
+        24, 1024, 16, 4096)
+    assert c.feat_extract_norm == "layer" and c.do_stable_layer_norm and c.conv_bias
+    assert list(c.conv_dim) == [512] * 7 and list(c.conv_stride) == [5, 2, 2, 2, 2, 2, 2]
+    assert (c.num_conv_pos_embeddings, c.num_conv_pos_embedding_groups) == (128, 16)
+    encoder_params = sum(p.numel() for p in model.encoder.parameters())
+    assert encoder_params == 315_437_696  # the hub model's 315,438,720 minus masked_spec_embed
+    assert model.count_parameters() == encoder_params + 1024 * 256 + 256
+    assert model.num_hidden_states == 25 and model.receptive_field == 400
+    assert 0.35e12 < model.forward_flops(160_000) < 0.42e12  # 10 s of audio: ~0.38 TFLOP
