@@ -1,0 +1,276 @@
+"""Streaming data pipeline: shard directories -> balanced, equal-length batches on every rank.
+
+    cfg = DataConfig(train_shards="shards/la19_train", dev_shards="shards/la19_dev")
+    loader = build_train_loader(cfg, rank=r, world_size=w, epoch=e, start_step=k)
+    for batch in loader:   # len(loader) = steps per epoch, the same on every rank
+        wave, mask, label = batch["wave"], batch["attention_mask"], batch["label"]
+
+Epoch (REFERENCE: all bona fide + an equal random draw of spoof): with n_b bona fide in the
+manifest, an epoch is n_b * (1 + spoof_per_bonafide) samples, i.e.
+    steps = floor(n_b * (1 + spoof_per_bonafide) / (world_size * B)),  B = batch_size // world_size,
+each rank batch holding round(B * bonafide_share) bona fide and the rest spoof. With the
+defaults (share 0.5, 1 spoof per bona fide) an epoch reads every bona fide sample once, except
+fewer than world_size * B/2 left over (different ones each epoch, the order being reshuffled),
+and as many spoof samples, taken in turn from a reshuffled spoof sequence so that every spoof
+sample is used once before any is used twice. Steps come from manifest counts only, so every
+rank gets the same number and DDP never waits on a rank that ran out. How samples are split
+between ranks and workers, and why resuming is exact: sccl/data_train.py.
+
+Mixed (not split-by-label) shards work too: both label streams read the same shards and keep
+their label. When the manifest's shard entries carry per-label "counts" (sccl-shards writes
+them) the plan is as exact as with split shards; without them slot boundaries are placed by the
+label's overall share, so bona fide coverage is approximate (a few samples may repeat or be
+missed near slot boundaries). --split-by-label remains cheaper: a stream reads only its label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sccl.data_eval import EvalBatches, EvalPlan, padding_batch
+from sccl.data_shards import ShardDirError, load_shard_set
+from sccl.data_train import TrainBatches, TrainPlan
+from sccl.rawboost import RawBoostConfig
+
+__all__ = ["DataConfig", "TrainLoader", "EvalLoader", "CorruptDataError", "ShardDirError",
+           "build_train_loader", "build_dev_loader", "build_eval_loader"]
+
+log = logging.getLogger("sccl.data")
+
+
+class CorruptDataError(RuntimeError):
+    """More undecodable samples than DataConfig.max_corrupt_share allows."""
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how they become batches."""
+
+    train_shards: str = ""
+    """Training shard directory (manifest.json + tars); "" only when not training."""
+    dev_shards: str = ""
+    """Development shard directory, for the balanced dev SupCon loss."""
+    sample_rate: int = 16000
+    """Every clip is resampled to this rate (Hz) if it differs."""
+    crop_seconds: float = 4.0
+    """Training crop length in seconds (REFERENCE uses 10 s; the tiny demo less)."""
+    eval_seconds: float = 10.0
+    """Evaluation keeps the first N seconds, zero-padded; 0 = whole utterances."""
+    batch_size: int = 32
+    """GLOBAL batch over all ranks; each rank gets batch_size // world_size (must divide)."""
+    bonafide_share: float = 0.5
+    """Share of bona fide rows in every rank batch: round(B * share), at least 1 of each label."""
+    label_mode: str = "binary"
+    """"binary" (1 = bona fide, 0 = spoof) or "attack" (0 = bona fide, 1..K = attacks in the
+    training manifest's sorted attack order)."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 = load in the main process). Resuming needs the
+    same value as the interrupted run: batches depend on it."""
+    shuffle_buffer: int = 1000
+    """Shuffle buffer per label stream and worker, in samples (holds encoded bytes)."""
+    rawboost: bool = False
+    """Apply RawBoost (sccl.rawboost, REFERENCE parameters) to training batches in the workers."""
+    rawboost_p: float = 0.7
+    """Probability that a training utterance is augmented by RawBoost."""
+    spoof_per_bonafide: float = 1.0
+    """Epoch = all bona fide + this many times as many spoof (sets the steps per epoch)."""
+    max_corrupt_share: float = 0.01
+    """Undecodable samples are skipped and counted; more than this share of the samples seen
+    (one is always tolerated unless 0) is an error."""
+    seed: int = 42
+    """Base seed: shard order, shuffle buffers, crops and RawBoost derive from (seed, epoch,
+    rank, worker/batch)."""
+    train_crop: str = "random"
+    """Training crop: "random" window, or "head" = first crop_seconds (the study's code)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.label_mode in ("binary", "attack"), "label_mode must be 'binary' or 'attack'"),
+            (self.train_crop in ("random", "head"), "train_crop must be 'random' or 'head'"),
+            (0.0 < self.bonafide_share < 1.0, "bonafide_share must be in (0, 1)"),
+            (self.batch_size >= 2, "batch_size must be >= 2"),
+            (self.sample_rate > 0, "sample_rate must be > 0"),
+            (self.crop_seconds > 0, "crop_seconds must be > 0"),
+            (self.eval_seconds >= 0, "eval_seconds must be >= 0"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0"),
+            (0.0 <= self.rawboost_p <= 1.0, "rawboost_p must be in [0, 1]"),
+            (self.spoof_per_bonafide > 0, "spoof_per_bonafide must be > 0"),
+            (0.0 <= self.max_corrupt_share <= 1.0, "max_corrupt_share must be in [0, 1]"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"DataConfig: {msg}")
+
+
+class _Accounting:
+    """Corrupt-sample bookkeeping shared by the train and eval loaders (main process)."""
+
+    def _init_accounting(self, where: str, max_share: float) -> None:
+        self.corrupt_count, self.seen_count = 0, 0
+        self.corrupt_keys: list[str] = []
+        self._where, self._max_share = where, max_share
+
+    def _account(self, batch: dict) -> dict:
+        self.seen_count += batch.pop("_seen")
+        for key, shard, why in batch.pop("_corrupt"):
+            self.corrupt_count += 1
+            if key not in self.corrupt_keys:
+                self.corrupt_keys.append(key)
+                log.warning("skipped undecodable sample %s in %s/%s: %s", key, self._where,
+                            shard, why)
+        allowed = max(self._max_share * self.seen_count, 1.0 if self._max_share > 0 else 0.0)
+        if self.corrupt_count > allowed:
+            raise CorruptDataError(
+                f"{self._where}: {self.corrupt_count} of {self.seen_count} samples seen could not "
+                f"be decoded (max_corrupt_share={self._max_share}); first: "
+                f"{self.corrupt_keys[:5]}. Check the shards with `sccl-shards verify`.")
+        return batch
+
+
+def _data_loader(dataset, num_workers: int) -> torch.utils.data.DataLoader:
+    # batch_size=None: the dataset yields whole batches. in_order=True (the default) keeps the
+    # round-robin worker order that the plans rely on.
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=num_workers, in_order=True,
+        prefetch_factor=2 if num_workers else None, persistent_workers=False)
+
+
+class TrainLoader(_Accounting):
+    """One rank's batches of one epoch. len() = steps per epoch (same on every rank); iterating
+    yields batches start_step .. len()-1. `corrupt_count` = undecodable samples met so far."""
+
+    def __init__(self, plan: TrainPlan, num_workers: int, max_corrupt_share: float):
+        self.plan, self.num_workers = plan, num_workers
+        self._init_accounting(plan.shard_set.root, max_corrupt_share)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps
+
+    @property
+    def start_step(self) -> int:
+        return self.plan.start_step
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def __iter__(self):
+        n, expected = 0, self.plan.steps - self.plan.start_step
+        for batch in _data_loader(TrainBatches(self.plan), self.num_workers):
+            n += 1
+            yield self._account(batch)
+        if n != expected:  # would desynchronise ranks: fail loudly instead of hanging DDP
+            raise RuntimeError(f"{self._where}: produced {n} batches, planned {expected}")
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+def _balanced_plan(shard_dir: str, cfg: DataConfig, rank: int, world_size: int, epoch: int,
+                   start_step: int, crop_mode: str, rawboost: bool, attacks_from: str) -> TrainPlan:
+    _check_rank(rank, world_size)
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} (global) is not divisible by world_size "
+                         f"{world_size}")
+    B = cfg.batch_size // world_size
+    nb = math.floor(B * cfg.bonafide_share + 0.5)
+    if not 1 <= nb <= B - 1:
+        raise ValueError(f"per-rank batch {B} with bonafide_share {cfg.bonafide_share} gives {nb} "
+                         "bona fide rows; need at least one row of each label")
+    ss = load_shard_set(shard_dir)
+    n_b, n_s = ss.counts["bonafide"], ss.counts["spoof"]
+    if n_b == 0 or n_s == 0:
+        raise ShardDirError(f"{shard_dir}: balanced batches need both labels, counts are "
+                            f"{ss.counts}")
+    steps = math.floor(n_b * (1 + cfg.spoof_per_bonafide) / (world_size * B))
+    if steps == 0:
+        raise ShardDirError(f"{shard_dir}: {n_b} bona fide samples give no full step of "
+                            f"{world_size} x {B} rows")
+    if epoch < 0 or not 0 <= start_step <= steps:
+        raise ValueError(f"need epoch >= 0 and 0 <= start_step <= {steps}, got epoch={epoch}, "
+                         f"start_step={start_step}")
+    if abs(steps * world_size * nb - n_b) > world_size * B:
+        log.warning("%s: %d bona fide rows per epoch for %d bona fide samples: bonafide_share "
+                    "%.3g and spoof_per_bonafide %.3g disagree", shard_dir,
+                    steps * world_size * nb, n_b, cfg.bonafide_share, cfg.spoof_per_bonafide)
+    attacks = ss.spoof_attacks
+    if cfg.label_mode == "attack" and attacks_from:  # class numbers must match training's
+        attacks = load_shard_set(attacks_from).spoof_attacks
+    return TrainPlan(
+        shard_set=ss, rank=rank, world_size=world_size, epoch=epoch, start_step=start_step,
+        steps=steps, n_bonafide=nb, n_spoof=B - nb, num_slots=max(1, cfg.num_workers),
+        seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, sample_rate=cfg.sample_rate,
+        crop_len=round(cfg.crop_seconds * cfg.sample_rate), crop_mode=crop_mode,
+        label_mode=cfg.label_mode, attacks=attacks,
+        rawboost=RawBoostConfig(p=cfg.rawboost_p, sample_rate=cfg.sample_rate) if rawboost
+        else None)
+
+
+def build_train_loader(cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
+                       start_step: int = 0) -> TrainLoader:
+    """Training batches of `epoch` for `rank`; start_step > 0 resumes mid-epoch exactly (same
+    batches as steps start_step.. of the uninterrupted loader; needs the same cfg)."""
+    if not cfg.train_shards:
+        raise ShardDirError("DataConfig.train_shards is empty: no training shard directory")
+    plan = _balanced_plan(cfg.train_shards, cfg, rank, world_size, epoch, start_step,
+                          cfg.train_crop, cfg.rawboost, "")
+    return TrainLoader(plan, cfg.num_workers, cfg.max_corrupt_share)
+
+
+def build_dev_loader(cfg: DataConfig, *, rank: int, world_size: int) -> TrainLoader:
+    """Balanced dev batches, identical every epoch: first crop_seconds of each clip, no
+    RawBoost, the epoch layout of epoch 0. Attack classes follow the training manifest."""
+    if not cfg.dev_shards:
+        raise ShardDirError("DataConfig.dev_shards is empty: no development shard directory")
+    plan = _balanced_plan(cfg.dev_shards, cfg, rank, world_size, 0, 0, "head", False,
+                          cfg.train_shards)
+    return TrainLoader(plan, cfg.num_workers, cfg.max_corrupt_share)
+
+
+class EvalLoader(_Accounting):
+    """One rank's share of an evaluation set; len() equal on every rank. Batches: "wave",
+    "attention_mask", "label" (1 = bona fide, -1 if unreadable), "attack", "utt_id", "valid"
+    (False for padding and undecodable trials: keep them out of metrics)."""
+
+    def __init__(self, plan: EvalPlan, num_workers: int, max_corrupt_share: float):
+        self.plan, self.num_workers = plan, num_workers
+        self._init_accounting(plan.shard_set.root, max_corrupt_share)
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def __iter__(self):
+        n, last = 0, None
+        for batch in _data_loader(EvalBatches(self.plan), self.num_workers):
+            n += 1
+            last = self._account(batch)
+            yield last
+        for _ in range(self.plan.steps - n):  # equalise steps across ranks
+            last = padding_batch(self.plan, last)
+            yield last
+
+
+def build_eval_loader(shard_dir: str, cfg: DataConfig, *, rank: int, world_size: int,
+                      batch_size: int, seconds: float | None = None) -> EvalLoader:
+    """Every trial of `shard_dir` exactly once over all ranks (with valid=True); `batch_size`
+    is per rank; `seconds` = first N seconds (default cfg.eval_seconds; 0 = whole clips)."""
+    _check_rank(rank, world_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    seconds = cfg.eval_seconds if seconds is None else seconds
+    if seconds < 0:
+        raise ValueError(f"seconds must be >= 0, got {seconds}")
+    ss = load_shard_set(shard_dir)
+    crop = round(seconds * cfg.sample_rate) if seconds > 0 else None
+    # More workers than batches would only start idle processes.
+    plan = EvalPlan(ss, rank, world_size, batch_size, cfg.sample_rate, crop, 1)
+    workers = min(cfg.num_workers, plan.rank_batches(rank))
+    plan.num_slots = max(1, workers)
+    return EvalLoader(plan, workers, cfg.max_corrupt_share)

@@ -1,0 +1,324 @@
+"""sccl.data: balanced equal-length epochs, exact resumption, corrupt samples, eval partition."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sccl import audio
+from sccl.data import (
+    CorruptDataError,
+    DataConfig,
+    ShardDirError,
+    build_dev_loader,
+    build_eval_loader,
+    build_train_loader,
+)
+from tests.data_fixtures import write_shards
+
+CROP = 0.05  # seconds: 800 samples keep decoding cheap
+
+
+@pytest.fixture(scope="module")
+def shard_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    return {
+        # 3 bona fide and 5 spoof shards of uneven sizes: nothing divides evenly
+        "split": write_shards(root / "split", n_bonafide=16, n_spoof=30, n_shards=(3, 5)) and
+        str(root / "split"),
+        "mixed": write_shards(root / "mixed", n_bonafide=16, n_spoof=30, split_by_label=False,
+                              n_shards=3) and str(root / "mixed"),
+        "mixed_counts": write_shards(root / "mixed_counts", n_bonafide=16, n_spoof=30,
+                                     split_by_label=False, n_shards=3, shard_counts=True) and
+        str(root / "mixed_counts"),
+        "corrupt": write_shards(root / "corrupt", n_bonafide=8, n_spoof=8, n_shards=(2, 2),
+                                corrupt=("train_bona_0003",)) and str(root / "corrupt"),
+        "eval": write_shards(root / "eval", n_bonafide=9, n_spoof=14, n_shards=(2, 3),
+                             split="eval", attacks=("A07", "A08")) and str(root / "eval"),
+    }
+
+
+def _cfg(train="", **kw):
+    base = dict(train_shards=train, batch_size=4, crop_seconds=CROP, num_workers=0,
+                shuffle_buffer=4, eval_seconds=0.1)
+    return DataConfig(**{**base, **kw})
+
+
+def _ids(batches):
+    return [b["utt_id"] for b in batches]
+
+
+def _same(a, b) -> bool:
+    """Same batches: ids, labels and waves."""
+    return len(a) == len(b) and all(
+        x["utt_id"] == y["utt_id"] and torch.equal(x["label"], y["label"])
+        and torch.equal(x["wave"], y["wave"]) for x, y in zip(a, b, strict=True))
+
+
+def test_bad_directories_are_named(tmp_path, shard_dirs):
+    with pytest.raises(ShardDirError, match="does not exist"):
+        build_train_loader(_cfg(str(tmp_path / "nope")), rank=0, world_size=1, epoch=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardDirError, match="manifest.json is missing"):
+        build_train_loader(_cfg(str(tmp_path / "empty")), rank=0, world_size=1, epoch=0)
+    with pytest.raises(ShardDirError, match="train_shards is empty"):
+        build_train_loader(_cfg(""), rank=0, world_size=1, epoch=0)
+    bad = tmp_path / "bad"
+    write_shards(bad, n_bonafide=2, n_spoof=2, n_shards=(1, 1))
+    os.remove(bad / "train-spoof-000000.tar")
+    with pytest.raises(ShardDirError, match="train-spoof-000000.tar is listed"):
+        build_eval_loader(str(bad), _cfg(), rank=0, world_size=1, batch_size=2)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(ShardDirError, match="unreadable manifest"):
+        build_eval_loader(str(bad), _cfg(), rank=0, world_size=1, batch_size=2)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="label_mode"):
+        DataConfig(label_mode="multi")
+    with pytest.raises(ValueError, match="bonafide_share"):
+        DataConfig(bonafide_share=1.0)
+    with pytest.raises(ValueError, match="not divisible"):
+        build_train_loader(_cfg("x", batch_size=5), rank=0, world_size=2, epoch=0)
+
+
+@pytest.mark.parametrize("kind", ["split", "mixed", "mixed_counts"])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_equal_steps_and_balanced_batches(shard_dirs, kind, world):
+    cfg = _cfg(shard_dirs[kind], batch_size=2 * world, num_workers=2 if world == 2 else 0)
+    steps = 16 * 2 // (2 * world)  # n_b * (1 + spoof_per_bonafide) / (world * B)
+    for rank in range(world):
+        loader = build_train_loader(cfg, rank=rank, world_size=world, epoch=1)
+        batches = list(loader)
+        assert len(loader) == len(batches) == steps
+        for b in batches:
+            assert b["wave"].shape == (2, round(CROP * 16000)) and b["wave"].dtype == torch.float32
+            assert b["attention_mask"].dtype == torch.bool and b["attention_mask"].any(dim=1).all()
+            assert sorted(b["label"].tolist()) == [0, 1]  # 1 bona fide + 1 spoof per rank batch
+            for utt, lab in zip(b["utt_id"], b["label"].tolist(), strict=True):
+                assert ("_bona_" in utt) == (lab == 1)
+            assert not any(k.startswith("_") for k in b)
+
+
+@pytest.mark.parametrize(("kind", "workers"),
+                         [("split", 0), ("split", 2), ("mixed_counts", 0), ("mixed_counts", 2)])
+def test_epoch_reads_each_bonafide_once_and_spoof_in_turn(shard_dirs, kind, workers):
+    # Exact with split-by-label shards, and with mixed shards whose manifest has per-shard
+    # counts. 2 ranks x (1 bona fide + 1 spoof) per step.
+    cfg = _cfg(shard_dirs[kind], num_workers=workers)
+    spoof_seen = []
+    for epoch in range(3):
+        bona = []
+        for rank in range(2):
+            for b in build_train_loader(cfg, rank=rank, world_size=2, epoch=epoch):
+                bona += [u for u in b["utt_id"] if "_bona_" in u]
+                spoof_seen += [u for u in b["utt_id"] if "_spoof_" in u]
+        assert sorted(bona) == [f"train_bona_{i:04d}" for i in range(16)]  # all, exactly once
+    # 48 spoof draws over 30 spoof samples, continuing from epoch to epoch: positions 0..23
+    # (epochs 0 and 1 minus rank 1's last slot) come from the first pass, so are distinct;
+    # after 32 draws every spoof sample has been used; none is used a third time.
+    assert len(set(spoof_seen[:24])) == 24
+    assert len(set(spoof_seen[:32])) == 30
+    assert max(collections.Counter(spoof_seen).values()) == 2
+
+
+def test_bonafide_left_over_differs_between_epochs(tmp_path):
+    d = tmp_path / "odd"  # 19 bona fide: 2 ranks x 1 per batch x 9 steps = 18 per epoch
+    write_shards(d, n_bonafide=19, n_spoof=10, n_shards=(2, 2))
+    left_out = set()
+    for epoch in range(4):
+        bona = [u for rank in range(2)
+                for b in build_train_loader(_cfg(str(d)), rank=rank, world_size=2, epoch=epoch)
+                for u in b["utt_id"] if "_bona_" in u]
+        assert len(bona) == len(set(bona)) == 18  # never twice within an epoch
+        left_out |= {f"train_bona_{i:04d}" for i in range(19)} - set(bona)
+    assert len(left_out) > 1  # not always the same sample
+
+
+def test_epochs_differ_and_runs_repeat(shard_dirs):
+    cfg = _cfg(shard_dirs["split"], num_workers=0)
+    a = list(build_train_loader(cfg, rank=0, world_size=1, epoch=0))
+    b = list(build_train_loader(cfg, rank=0, world_size=1, epoch=0))
+    c = list(build_train_loader(cfg, rank=0, world_size=1, epoch=1))
+    assert _same(a, b)
+    assert _ids(a) != _ids(c)
+    other = list(build_train_loader(_cfg(shard_dirs["split"], seed=7), rank=0, world_size=1,
+                                    epoch=0))
+    assert _ids(a) != _ids(other)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_yields_the_same_batches(shard_dirs, workers):
+    # 16 * 1.875 / 4 = 7 steps: workers hold 4 and 3 batches, resuming shifts their roles
+    cfg = _cfg(shard_dirs["split"], num_workers=workers, rawboost=True, spoof_per_bonafide=0.875)
+    full = list(build_train_loader(cfg, rank=1, world_size=2, epoch=2))
+    assert len(full) == 7
+    for k in (1, 3, len(full) - 1, len(full)):
+        loader = build_train_loader(cfg, rank=1, world_size=2, epoch=2, start_step=k)
+        resumed = list(loader)
+        assert len(loader) == len(full) and len(resumed) == len(full) - k
+        assert _same(resumed, full[k:])
+
+
+def test_resume_skips_without_decoding(shard_dirs, monkeypatch):
+    calls = []
+    real = audio.crop_into
+    monkeypatch.setattr(audio, "crop_into", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = _cfg(shard_dirs["split"], batch_size=2)
+    loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0, start_step=10)
+    assert len(list(loader)) == 6
+    assert len(calls) == 6 * 2  # only the batches it yields are decoded
+
+
+def test_resume_does_not_open_fully_skipped_shards(shard_dirs, monkeypatch):
+    import sccl.data_shards as ds
+
+    opened = []
+    real = ds.iter_shard
+    monkeypatch.setattr(ds, "iter_shard", lambda sh, *a: opened.append(sh.path) or real(sh, *a))
+    cfg = _cfg(shard_dirs["split"], batch_size=2, shuffle_buffer=0)
+    list(build_train_loader(cfg, rank=0, world_size=1, epoch=0))
+    n_full = len(opened)
+    opened.clear()
+    list(build_train_loader(cfg, rank=0, world_size=1, epoch=0, start_step=15))
+    assert n_full >= 6  # all 3 bona fide shards + the 3 spoof shards holding 16 of 30 spoof
+    assert len(opened) == 2  # the last batch: one bona fide and one spoof shard
+
+
+def test_corrupt_sample_is_replaced_counted_and_resume_stays_exact(shard_dirs, caplog):
+    cfg = _cfg(shard_dirs["corrupt"], batch_size=2, max_corrupt_share=0.2)
+    loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0)
+    full = list(loader)
+    assert len(full) == 8 and loader.corrupt_count == 1
+    assert loader.corrupt_keys == ["train_bona_0003"]
+    assert "train_bona_0003" in caplog.text
+    assert all("train_bona_0003" not in ids for ids in _ids(full))
+    assert all(sorted(b["label"].tolist()) == [0, 1] for b in full)  # still balanced
+    for k in range(1, 8):
+        resumed = list(build_train_loader(cfg, rank=0, world_size=1, epoch=0, start_step=k))
+        assert _ids(resumed) == _ids(full[k:])
+    strict = build_train_loader(_cfg(shard_dirs["corrupt"], batch_size=2, max_corrupt_share=0.0),
+                                rank=0, world_size=1, epoch=0)
+    with pytest.raises(CorruptDataError, match=str(shard_dirs["corrupt"])):
+        list(strict)
+
+
+def test_attack_labels_follow_sorted_manifest_attacks(shard_dirs):
+    cfg = _cfg(shard_dirs["split"], label_mode="attack", batch_size=8)
+    manifest = json.loads((Path(shard_dirs["split"]) / "manifest.json").read_text())
+    for b in build_train_loader(cfg, rank=0, world_size=1, epoch=0):
+        for utt, lab in zip(b["utt_id"], b["label"].tolist(), strict=True):
+            if "_bona_" in utt:
+                assert lab == 0
+            else:  # fixture: spoof i has attack A0(1 + i % 3)
+                assert lab == 1 + int(utt.rsplit("_", 1)[1]) % 3
+    assert sorted(manifest["attacks"]) == ["-", "A01", "A02", "A03"]
+
+
+def test_resampled_stereo_wav_shards(tmp_path):
+    d = tmp_path / "wav8k"
+    write_shards(d, n_bonafide=4, n_spoof=4, n_shards=(1, 1), fmt="wav", sample_rate=8000,
+                 channels=2, seconds=(0.2, 0.3))
+    batch = next(iter(build_train_loader(_cfg(str(d)), rank=0, world_size=1, epoch=0)))
+    assert batch["wave"].shape == (4, 800) and batch["attention_mask"].all()
+
+
+def test_rawboost_changes_waves_deterministically(shard_dirs):
+    plain = list(build_train_loader(_cfg(shard_dirs["split"]), rank=0, world_size=1, epoch=0))
+    cfg = _cfg(shard_dirs["split"], rawboost=True, rawboost_p=1.0)
+    a = list(build_train_loader(cfg, rank=0, world_size=1, epoch=0))
+    b = list(build_train_loader(cfg, rank=0, world_size=1, epoch=0))
+    assert _ids(a) == _ids(plain)
+    assert _same(a, b)
+    assert all(not torch.equal(x["wave"], y["wave"]) for x, y in zip(a, plain, strict=True))
+
+
+def test_dev_loader_is_the_same_every_time(shard_dirs):
+    cfg = _cfg(shard_dirs["split"], dev_shards=shard_dirs["split"], rawboost=True)
+    a, b = (list(build_dev_loader(cfg, rank=0, world_size=2)) for _ in range(2))
+    assert _same(a, b) and len(a) == 8
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_eval_every_trial_once_equal_len(shard_dirs, world, workers):
+    cfg = _cfg(num_workers=workers)
+    seen, lens, padded = [], set(), 0
+    for rank in range(world):  # 23 trials in 5 shards; world 4 -> ranks of 5, 6, 6, 6 trials
+        loader = build_eval_loader(shard_dirs["eval"], cfg, rank=rank, world_size=world,
+                                   batch_size=5)
+        batches = list(loader)
+        assert len(loader) == len(batches)
+        lens.add(len(batches))
+        for b in batches:
+            assert b["wave"].shape == (len(b["utt_id"]), 1600)  # first 0.1 s, padded
+            padded += int(not b["valid"].any())
+            seen += [u for u, v in zip(b["utt_id"], b["valid"].tolist(), strict=True) if v]
+            rows = zip(b["utt_id"], b["label"].tolist(), b["attack"], b["valid"], strict=True)
+            for utt, lab, att, v in rows:
+                if v:
+                    assert lab == int("_bona_" in utt) and (att == "-") == (lab == 1)
+    assert len(lens) == 1
+    assert padded == (1 if world == 4 else 0)  # rank 0's 5 trials fill 1 batch, the others 2
+    assert sorted(seen) == sorted([f"eval_bona_{i:04d}" for i in range(9)]
+                                  + [f"eval_spoof_{i:04d}" for i in range(14)])
+
+
+def test_eval_rank_without_trials_gets_padding(tmp_path):
+    d = tmp_path / "tiny"
+    write_shards(d, n_bonafide=1, n_spoof=2, n_shards=(1, 1), split="eval")
+    out = []
+    for rank in range(4):
+        batches = list(build_eval_loader(str(d), _cfg(), rank=rank, world_size=4, batch_size=2))
+        assert len(batches) == 1
+        out += [u for b in batches
+                for u, v in zip(b["utt_id"], b["valid"].tolist(), strict=True) if v]
+    assert sorted(out) == ["eval_bona_0000", "eval_spoof_0000", "eval_spoof_0001"]
+
+
+def test_eval_full_length_and_corrupt_trial(shard_dirs):
+    loader = build_eval_loader(shard_dirs["corrupt"], _cfg(max_corrupt_share=0.5), rank=0,
+                               world_size=1, batch_size=4, seconds=0)
+    batches = list(loader)
+    rows = {u: v for b in batches for u, v in zip(b["utt_id"], b["valid"].tolist(), strict=True)}
+    assert len(rows) == 16 and [u for u, v in rows.items() if not v] == ["train_bona_0003"]
+    assert loader.corrupt_count == 1
+    lengths = {b["wave"].shape[1] for b in batches}
+    assert len(lengths) > 1 and min(lengths) > 0.15 * 16000  # whole clips, batch-max padding
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.dist
+def test_two_processes_equal_steps_and_eval_partition(shard_dirs, tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    script = Path(__file__).parent / "dist_scripts" / "dist_data_check.py"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), str(script), shard_dirs["split"], shard_dirs["eval"], str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [o["world_size"] for o in out] == [2, 2] and [o["rank"] for o in out] == [0, 1]
+    assert out[0]["train_len"] == out[1]["train_len"] == len(out[0]["train_ids"]) == 8
+    assert len(out[1]["train_ids"]) == 8
+    bona = [u for o in out for ids in o["train_ids"] for u in ids if "_bona_" in u]
+    assert sorted(bona) == [f"train_bona_{i:04d}" for i in range(16)]
+    assert out[0]["eval_len"] == out[1]["eval_len"] == out[0]["eval_batches"] == \
+        out[1]["eval_batches"]
+    valid = out[0]["eval_valid"] + out[1]["eval_valid"]
+    assert len(valid) == len(set(valid)) == 23
