@@ -199,7 +199,9 @@ class SupConModel(nn.Module):
     def forward(self, wave: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """wave float (B, T), attention_mask (B, T) 1 = real sample, right padding -> z fp32 (B, P)."""
         frames, frame_mask = self.embed_frames(wave, attention_mask)
-        y = self.head(frames)  # (B, F, P)
+        # Under DeepSpeed bf16 the weights themselves are bf16 and no autocast runs: meet them
+        # in their dtype (a no-op for fp32 weights, with or without autocast).
+        y = self.head(frames.to(self.head[-1].weight.dtype))  # (B, F, P)
         m = frame_mask.unsqueeze(-1).to(torch.float32)  # (B, F, 1)
         pooled = (y.float() * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, P), padding excluded
         return F.normalize(pooled, dim=-1)
@@ -215,6 +217,7 @@ class SupConModel(nn.Module):
         # (wav2vec2-base) normalise over time and expect zero padding without a mask.
         pass_mask = mask if self.encoder.config.feat_extract_norm == "layer" else None
         want_all = self.cfg.aggregation != "last"
+        wave = wave.to(self.encoder.dtype)  # bf16 weights (DeepSpeed) take bf16 input
         out = self.encoder(wave, attention_mask=pass_mask, output_hidden_states=want_all)
         num_frames = out.last_hidden_state.shape[1]
         if mask is None:

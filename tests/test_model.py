@@ -314,3 +314,14 @@ def test_xlsr_300m_preset_architecture_on_meta_device():
     assert model.count_parameters() == encoder_params + 1024 * 256 + 256
     assert model.num_hidden_states == 25 and model.receptive_field == 400
     assert 0.35e12 < model.forward_flops(160_000) < 0.42e12  # 10 s of audio: ~0.38 TFLOP
+
+
+def test_bf16_weights_without_autocast():
+    """DeepSpeed bf16 casts the weights themselves and runs no autocast: fp32 input must work."""
+    torch.manual_seed(0)
+    model = SupConModel(ModelConfig(encoder="tiny", head_dropout=0.0)).eval()
+    wave = torch.randn(2, 16000)
+    ref = model(wave)
+    z = model.to(torch.bfloat16)(wave)
+    assert z.dtype == torch.float32 and z.shape == ref.shape
+    assert torch.nn.functional.cosine_similarity(z, ref).min() > 0.99
