@@ -1,0 +1,345 @@
+"""sccl-report: the study's table over finished runs (mean +- std over seeds per configuration).
+
+    sccl-report runs/study                       # every run directory under runs/study
+    sccl-report runs/a runs/b ... [--out DIR] [--plot-set itw]
+
+A run counts when it holds ``stage1/config.yaml`` (what was trained) and
+``eval/results.json`` (what it scored); runs without results are listed as incomplete.
+Runs are grouped by configuration = (similarity, temperature, queue size, first queue epoch);
+seeds (run.seed / data.seed) are the replicates. Every other Stage 1 setting must agree
+within a group, else a warning names the keys that differ. Writes into DIR (default: the
+directory given, or the runs' common parent):
+
+    report.md    grouped table (EER in %, mean +- sample std over seeds, best mean in bold),
+                 then one row per run
+    report.csv   the grouped table as numbers (one row per configuration)
+    runs.csv     one row per run
+    <set>_vs_queue.png   EER of --plot-set (default ITW) against queue size, one line per
+                 similarity and queue start (error bars = std over seeds)
+
+"pooled" is the EER over all sets' scores concatenated and "mean" the mean of the per-set
+EERs, as sccl/evaluate.py reports them. Exit codes: 0 done, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sccl.config import ConfigError, flatten, read_config_file
+from sccl.results import display_name, ordered_sets
+from shards.atomic import atomic_open, atomic_write_text
+
+# What makes a configuration; seeds are replicates; run.* only says where/how it ran.
+GROUP_KEYS = ("loss.similarity", "loss.temperature", "loss.queue_size", "loss.queue_start_epoch")
+REPLICATE_KEYS = ("run.", "data.seed")
+_SIM_ORDER = {"cosine": 0, "angular": 1}
+
+
+class ReportError(ValueError):
+    """Unusable input: the message names the file and the key."""
+
+
+@dataclass
+class Run:
+    """One finished run: its configuration and EERs (fractions)."""
+
+    name: str
+    path: Path
+    config: dict  # flattened Stage 1 config
+    eers: dict[str, float]  # set name -> EER
+    pooled: float
+    mean: float
+
+    @property
+    def key(self) -> tuple:
+        return tuple(self.config[k] for k in GROUP_KEYS)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("run.seed", 0))
+
+
+@dataclass
+class Group:
+    """The runs (seeds) of one configuration."""
+
+    key: tuple
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, metric: str) -> np.ndarray:
+        """(n,) EERs of ``metric`` (a set name, "pooled" or "mean") over the runs having it."""
+        if metric in ("pooled", "mean"):
+            return np.array([getattr(r, metric) for r in self.runs])
+        return np.array([r.eers[metric] for r in self.runs if metric in r.eers])
+
+    def stats(self, metric: str) -> tuple[float, float]:
+        """(mean, sample std) of ``metric``; std is NaN with one run, both NaN with none."""
+        v = self.values(metric)
+        if len(v) == 0:
+            return math.nan, math.nan
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
+
+
+# ------------------------------------------------------------------------ reading runs
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories among ``paths``: each path is a run (has stage1/) or holds runs."""
+    found: list[Path] = []
+    for p in paths:
+        if (p / "stage1").is_dir():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(c for c in p.iterdir() if (c / "stage1").is_dir())
+        else:
+            raise ReportError(f"{p}: no such directory")
+    if not found:
+        raise ReportError(f"no run directories (with stage1/) in {', '.join(map(str, paths))}")
+    return found
+
+
+def _number(obj: dict, key: str, where: Path) -> float:
+    try:
+        value = obj[key]["eer"] if key in ("pooled_eer", "mean_eer") else obj["eer"]
+        return float(value)
+    except (KeyError, TypeError, ValueError):
+        raise ReportError(f"{where}: {key}: expected an object with a numeric 'eer'") from None
+
+
+def load_run(path: Path) -> Run | None:
+    """The run at ``path``; None when it has no eval/results.json yet."""
+    results = path / "eval" / "results.json"
+    if not results.is_file():
+        return None
+    try:
+        res = json.loads(results.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{results}: not valid JSON: {e}") from None
+    if not isinstance(res, dict) or not isinstance(res.get("sets"), dict) or not res["sets"]:
+        raise ReportError(f"{results}: sets: expected a non-empty object of eval sets")
+    eers = {name: _number(entry, name, results) for name, entry in res["sets"].items()}
+    cfg_path = path / "stage1" / "config.yaml"
+    try:
+        config = flatten(read_config_file(cfg_path)[0])
+    except ConfigError as e:
+        raise ReportError(str(e)) from None
+    missing = [k for k in GROUP_KEYS if k not in config]
+    if missing:
+        raise ReportError(f"{cfg_path}: missing key(s) {', '.join(missing)}")
+    return Run(path.name, path, config, eers, _number(res, "pooled_eer", results),
+               _number(res, "mean_eer", results))
+
+
+def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
+    """Runs grouped by configuration, in table order, plus warnings about settings that
+    differ inside a group (anything but the configuration keys and seeds)."""
+    groups: dict[tuple, Group] = {}
+    for r in runs:
+        groups.setdefault(r.key, Group(r.key)).runs.append(r)
+    warnings = []
+    for g in groups.values():
+        g.runs.sort(key=lambda r: (r.seed, r.name))
+        keys = set().union(*(r.config for r in g.runs)) - set(GROUP_KEYS)
+        differ = sorted(k for k in keys if not k.startswith(REPLICATE_KEYS)
+                        and len({repr(r.config.get(k)) for r in g.runs}) > 1)
+        if differ:
+            warnings.append(f"configuration {config_label(g.key)}: its runs differ in "
+                            f"{', '.join(differ)} (grouped anyway)")
+    order = sorted(groups.values(), key=lambda g: (_SIM_ORDER.get(g.key[0], 9), str(g.key[0]),
+                                                   g.key[1], g.key[2], g.key[3]))
+    return order, warnings
+
+
+# ------------------------------------------------------------------------ tables
+
+
+def delayed_label(queue_size: int, start_epoch: int) -> str:
+    if queue_size == 0:
+        return "-"
+    return f"from epoch {start_epoch}" if start_epoch > 1 else "no"
+
+
+def config_label(key: tuple) -> str:
+    sim, temp, q, start = key
+    return f"{sim} T={temp:g} |Q|={q}" + (f" from epoch {start}" if q and start > 1 else "")
+
+
+def _pct(x: float) -> str:
+    return "—" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def _cell(mean: float, std: float) -> str:
+    return _pct(mean) if math.isnan(std) else f"{_pct(mean)} ± {_pct(std)}"
+
+
+def metrics_of(runs: list[Run]) -> list[str]:
+    """Set names in study column order, then "pooled" and "mean"."""
+    names: list[str] = []
+    for r in runs:
+        names += [n for n in r.eers if n not in names]
+    return [*ordered_sets(names), "pooled", "mean"]
+
+
+def markdown(groups: list[Group], metrics: list[str], incomplete: list[Path],
+             warnings: list[str]) -> str:
+    head = ["similarity", "T", "queue", "delayed", "seeds",
+            *[display_name(m) for m in metrics]]
+    lines = ["# sccl report", "",
+             f"EER in %, mean ± sample std over seeds; {len(groups)} configuration(s), "
+             f"{sum(len(g.runs) for g in groups)} run(s). pooled = EER over all sets' scores "
+             "concatenated; mean = mean of the per-set EERs. Best mean per column in bold.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best = {m: np.nanmin([g.stats(m)[0] for g in groups]) for m in metrics}
+    for g in groups:
+        sim, temp, q, start = g.key
+        cells = [sim, f"{temp:g}", str(q), delayed_label(q, start),
+                 ",".join(str(r.seed) for r in g.runs)]
+        for m in metrics:
+            mean, std = g.stats(m)
+            text = _cell(mean, std)
+            cells.append(f"**{text}**" if len(groups) > 1 and mean == best[m] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", "", "| run | similarity | T | queue | queue start | seed | "
+              + " | ".join(display_name(m) for m in metrics) + " |",
+              "|" + "---|" * (6 + len(metrics))]
+    for g in groups:
+        for r in g.runs:
+            vals = [_pct(r.eers.get(m, math.nan)) if m not in ("pooled", "mean")
+                    else _pct(getattr(r, m)) for m in metrics]
+            lines.append(f"| {r.name} | {g.key[0]} | {g.key[1]:g} | {g.key[2]} | {g.key[3]} | "
+                         f"{r.seed} | " + " | ".join(vals) + " |")
+    if incomplete:
+        lines += ["", "## Incomplete (no eval/results.json)", ""]
+        lines += [f"- {p}" for p in incomplete]
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
+
+
+def csv_tables(groups: list[Group], metrics: list[str]) -> tuple[str, str]:
+    """(grouped CSV, per-run CSV); EERs in %, empty where undefined."""
+    def num(x: float) -> str:
+        return "" if math.isnan(x) else f"{100 * x:.4f}"
+
+    grouped, per_run = io.StringIO(), io.StringIO()
+    gw, rw = csv.writer(grouped, lineterminator="\n"), csv.writer(per_run, lineterminator="\n")
+    gw.writerow(["similarity", "temperature", "queue_size", "queue_start_epoch", "delayed",
+                 "n_runs", "seeds", *[f"{m}_{s}_pct" for m in metrics for s in ("mean", "std")]])
+    rw.writerow(["run", "similarity", "temperature", "queue_size", "queue_start_epoch", "seed",
+                 *[f"{m}_pct" for m in metrics], "path"])
+    for g in groups:
+        sim, temp, q, start = g.key
+        stats = [num(v) for m in metrics for v in g.stats(m)]
+        gw.writerow([sim, temp, q, start, int(q > 0 and start > 1), len(g.runs),
+                     " ".join(str(r.seed) for r in g.runs), *stats])
+        for r in g.runs:
+            vals = [num(r.eers.get(m, math.nan)) if m not in ("pooled", "mean")
+                    else num(getattr(r, m)) for m in metrics]
+            rw.writerow([r.name, sim, temp, q, start, r.seed, *vals, str(r.path)])
+    return grouped.getvalue(), per_run.getvalue()
+
+
+# ------------------------------------------------------------------------ plot
+
+
+def plot_vs_queue(groups: list[Group], metric: str, path: Path) -> bool:
+    """EER of ``metric`` against queue size: a line per (similarity, temperature, queue
+    start); the no-queue point starts every line of its similarity. False if no run has it."""
+    lines: dict[tuple, dict[int, tuple[float, float]]] = {}
+    for g in groups:
+        sim, temp, q, start = g.key
+        mean, std = g.stats(metric)
+        if math.isnan(mean):
+            continue
+        starts = {k[3] for k in (h.key for h in groups) if k[:2] == (sim, temp) and k[2]} or {1}
+        for s in ([start] if q else starts):  # q=0 is both the delayed and undelayed origin
+            lines.setdefault((sim, temp, s), {})[q] = (mean, 0.0 if math.isnan(std) else std)
+    if not lines:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # cluster nodes have no display
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({q for pts in lines.values() for q in pts})
+    pos = {q: i for i, q in enumerate(sizes)}  # even spacing: 0 has no place on a log axis
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colours = {}  # one colour per (similarity, T); solid = delayed queue, dashed = from start
+    for (sim, temp, start), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+        qs = sorted(pts)
+        colour = colours.setdefault((sim, temp), f"C{len(colours)}")
+        label = f"{sim} (T={temp:g}), queue " + (f"from epoch {start}" if start > 1 else
+                                                  "from the start")
+        ax.errorbar([pos[q] for q in qs], [100 * pts[q][0] for q in qs],
+                    yerr=[100 * pts[q][1] for q in qs], marker="o", capsize=3, color=colour,
+                    ls="-" if start > 1 else "--", label=label)
+    ax.set_xticks(range(len(sizes)), [str(q) for q in sizes])
+    ax.set_xlabel("queue size |Q| (0 = no queue)")
+    ax.set_ylabel(f"{display_name(metric)} EER (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------ entry point
+
+
+def report(paths: list[Path], out: Path | None, plot_set: str = "itw") -> Path:
+    """Read, group, write report.md / report.csv / runs.csv / the plot; return the out dir."""
+    run_dirs = find_runs(paths)
+    loaded = [(p, load_run(p)) for p in run_dirs]
+    runs = [r for _, r in loaded if r is not None]
+    incomplete = [p for p, r in loaded if r is None]
+    if not runs:
+        raise ReportError(f"none of the {len(run_dirs)} run(s) has eval/results.json yet")
+    groups, warnings = group_runs(runs)
+    metrics = metrics_of(runs)
+    out = out or (paths[0] if len(paths) == 1 and paths[0] not in run_dirs
+                  else Path(os.path.commonpath([p.resolve().parent for p in run_dirs])))
+    out.mkdir(parents=True, exist_ok=True)
+    plot_metric = next((m for m in metrics if m.lower() == plot_set.lower()), None)
+    plot_path = out / f"{plot_set.lower()}_vs_queue.png"
+    if plot_metric is None or not plot_vs_queue(groups, plot_metric, plot_path):
+        warnings.append(f"no run has an eval set named {plot_set!r}: no plot (see --plot-set)")
+    md = markdown(groups, metrics, incomplete, warnings)
+    grouped_csv, runs_csv = csv_tables(groups, metrics)
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.csv", grouped_csv)
+    atomic_write_text(out / "runs.csv", runs_csv)
+    print(md)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sccl-report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run directories or directories of runs")
+    ap.add_argument("--out", type=Path, default=None, help="where to write (default: see above)")
+    ap.add_argument("--plot-set", default="itw", help="eval set plotted against queue size")
+    args = ap.parse_args(argv)
+    try:
+        out = report(args.runs, args.out, args.plot_set)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / 'report.md'}, report.csv, runs.csv", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

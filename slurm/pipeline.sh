@@ -1,0 +1,119 @@
+#!/bin/bash
+# Submit Stage 1 -> Stage 2 -> evaluation for one run directory as three chained jobs.
+#
+#   slurm/pipeline.sh [--wait] RUN [STAGE1 ARGS...] [--stage2-args ARGS...] [--eval-args ARGS...]
+#
+#   slurm/pipeline.sh runs/cos_q4096 --config my_run.yaml \
+#       --eval-args --eval.sets la19=shards/la19_eval,itw=shards/itw
+#
+# Run it where you run sbatch (it is not itself a batch job). Each job starts after the
+# previous one succeeded (--dependency=afterok) and is cancelled if that one failed
+# (--kill-on-invalid-dep=yes); then a one-minute guard job writes RUN/logs/FAILED, naming the
+# stage that failed and its log. Prints `stage1 JOBID`, `stage2 JOBID`, `eval JOBID`.
+# Logs: RUN/logs/<stage>-<jobid>.out. --wait: block until the chain has ended; exit 0 only
+# when RUN/eval/results.json was written (then print the results table).
+#
+# sbatch options (word-split, e.g. "--partition=gpu --account=abc"): SCCL_SBATCH_ARGS for
+# every job, SCCL_STAGE1_SBATCH / SCCL_STAGE2_SBATCH / SCCL_EVAL_SBATCH for one stage
+# (e.g. SCCL_STAGE1_SBATCH="--nodes=2 --gpus-per-node=4 --time=48:00:00").
+# The jobs get this shell's environment (SCCL_ENV, SCCL_LAUNCH, ...: slurm/common.sh).
+set -euo pipefail
+if [ -z "${SCCL_ROOT:-}" ]; then  # the guard job runs a copy from Slurm's spool: SCCL_ROOT is set
+    SCCL_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+fi
+export SCCL_ROOT
+# shellcheck source=slurm/common.sh
+source "$SCCL_ROOT/slurm/common.sh"
+
+USAGE="usage: pipeline.sh [--wait] RUN [STAGE1 ARGS...] [--stage2-args ARGS...] [--eval-args ARGS...]"
+
+# The guard job: which stage of the chain failed? Judged from what the stages left in RUN
+# (newer than the submission's RUN/logs/jobs.txt), not from job states, which may be gone.
+report_failure() {
+    local run=$1 stamp="$1/logs/jobs.txt" stage log job
+    if ! sccl_stage1_finished "$run"; then
+        stage="Stage 1" log=stage1 job=$2
+    elif ! [ "$run/stage2/meta.json" -nt "$stamp" ]; then
+        stage="Stage 2" log=stage2 job=$3
+    else
+        stage="evaluation" log=eval job=$4
+    fi
+    printf 'error: the chain for %s stopped: %s (job %s) failed; see %s. Later stages were cancelled.\n' \
+        "$run" "$stage" "$job" "$run/logs/$log-$job.out" | tee "$run/logs/FAILED" >&2
+    exit 1
+}
+
+# submit NAME EXTRA_VAR ARGS...: sbatch with the common and per-stage options -> job id.
+submit() {
+    local name=$1 extra=$2
+    shift 2
+    # shellcheck disable=SC2086  # the *_SBATCH variables are option lists: split them
+    sbatch --parsable --job-name="sccl-$name" --output="$run/logs/$name-%j.out" \
+        ${SCCL_SBATCH_ARGS:-} ${!extra:-} "$@" | cut -d';' -f1
+}
+
+# Block until none of the jobs is known to slurmctld any more (done, failed or cancelled).
+wait_for_jobs() {
+    local ids=" $* " left
+    while :; do
+        left=$(squeue -h -o '%i' 2>/dev/null | while read -r id; do
+            [[ "$ids" == *" $id "* ]] && printf '%s ' "$id"
+        done) || true
+        [ -z "$left" ] && return 0
+        sleep "${SCCL_POLL_SECONDS:-10}"
+    done
+}
+
+if [ "${1:-}" = --report-failure ]; then
+    [ $# -eq 5 ] || sccl_die "--report-failure RUN JOB1 JOB2 JOB3"
+    report_failure "$2" "$3" "$4" "$5"
+fi
+wait_chain=0
+if [ "${1:-}" = --wait ]; then
+    wait_chain=1
+    shift
+fi
+if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
+    sccl_die "$USAGE"
+fi
+run=$(realpath -m -- "$1")
+shift
+s1=() s2=() ev=()
+part=s1
+for a in "$@"; do
+    case "$a" in
+    --stage2-args) part=s2 ;;
+    --eval-args) part=ev ;;
+    *) eval "$part+=(\"\$a\")" ;;
+    esac
+done
+mkdir -p -- "$run/logs"
+rm -f -- "$run/logs/FAILED"
+: >"$run/logs/jobs.txt"  # the submission time stamp report_failure compares against
+
+dep=(--kill-on-invalid-dep=yes)
+j1=$(submit stage1 SCCL_STAGE1_SBATCH "$SCCL_ROOT/slurm/stage1.sh" "$run" "${s1[@]}")
+j2=$(submit stage2 SCCL_STAGE2_SBATCH "${dep[@]}" --dependency="afterok:$j1" \
+    "$SCCL_ROOT/slurm/stage2.sh" "$run" "${s2[@]}")
+j3=$(submit eval SCCL_EVAL_SBATCH "${dep[@]}" --dependency="afterok:$j2" \
+    "$SCCL_ROOT/slurm/eval.sh" "$run" "${ev[@]}")
+# afternotok on any stage ('?' = or): runs only after a failure; when every stage succeeds
+# its dependency can never be met and Slurm cancels it.
+guard=$(SCCL_GUARD_SBATCH="${SCCL_GUARD_SBATCH:---gpus-per-node=0 --cpus-per-task=1 --time=00:05:00}" \
+    submit guard SCCL_GUARD_SBATCH "${dep[@]}" \
+    --dependency="afternotok:$j1?afternotok:$j2?afternotok:$j3" \
+    "$SCCL_ROOT/slurm/pipeline.sh" --report-failure "$run" "$j1" "$j2" "$j3")
+printf 'stage1 %s\nstage2 %s\neval %s\nguard %s\n' "$j1" "$j2" "$j3" "$guard" >"$run/logs/jobs.txt"
+printf 'stage1 %s\nstage2 %s\neval %s\n' "$j1" "$j2" "$j3"
+sccl_log "submitted the chain for $run; logs in $run/logs"
+[ "$wait_chain" = 1 ] || exit 0
+
+wait_for_jobs "$j1" "$j2" "$j3" "$guard"
+if [ -f "$run/eval/results.json" ] && [ "$run/eval/results.json" -nt "$run/logs/jobs.txt" ]; then
+    cat -- "$run/eval/results.md" 2>/dev/null || true
+    sccl_log "chain finished: $run/eval/results.json"
+    exit 0
+fi
+cat -- "$run/logs/FAILED" >&2 2>/dev/null ||
+    echo "error: the chain for $run ended without $run/eval/results.json; see $run/logs" >&2
+exit 1
