@@ -1,0 +1,238 @@
+"""Evaluation: score every eval set with a finished Stage 2 run; EERs, tables, plots.
+
+    accelerate launch sccl/evaluate.py --run.dir RUN \\
+        --eval.sets la19=shards/la19_eval,itw=shards/itw,la21=shards/la21,df21=shards/df21
+    python -m sccl.evaluate --help                    # every option
+
+Every rank scores its share of each set (each trial exactly once; padding rows never reach a
+metric; bf16 autocast on CUDA); the main process gathers the scores, checks them against the
+shard metadata (missing or duplicate trials, NaN scores and one-class sets are errors) and
+writes RUN/eval/:
+    scores/<set>.txt     ``trial_id score`` for every trial of the shard dir (rewritten whole)
+    results.json         per-set EER (+ per attack, per codec for 2021), pooled and mean EER,
+                         bootstrap CIs, contamination warnings
+    results.md           the study's table (LA19 / ITW / LA21 / DF21 / pooled / mean, %)
+    plots/det.png, plots/hist.png, plots/tsne.png
+    config.yaml, run_info.json
+ASVspoof 2021 sets are scored in full; ``eval.subset`` picks the trials (metadata ``subset``:
+eval / progress / hidden_track, or all) that enter the EERs. Exit codes: 0 done, 2 bad input.
+"""
+# ruff: noqa: E402  (the sys.path fix below must run before the imports)
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file (`accelerate launch sccl/evaluate.py`): keep sccl/queue.py from shadowing
+    # the standard library's `queue`.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sccl import runtime as rt
+from sccl.aggregate import TrialError, Trials, summarise
+from sccl.config import ConfigError, parse_config
+from sccl.contamination import contamination_report, training_sources, warn
+from sccl.data import ShardDirError
+from sccl.embed import EmbedError, EmbedOptions, collect, embed_share, make_accelerator
+from sccl.linear import RunMismatchError, linear_scores, load_stage2
+from sccl.model import ModelLoadError, SupConModel
+from sccl.results import (
+    ScoreFileError,
+    plot_det,
+    plot_histograms,
+    plot_tsne,
+    results_table,
+    write_results,
+    write_score_file,
+)
+from sccl.train_linear import stage1_data_config
+
+SUBSETS = ("eval", "progress", "hidden_track", "all")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass
+class EvalRunConfig:
+    """Which run to evaluate."""
+
+    dir: str = ""  # run directory with stage1/ and stage2/ (required); writes <dir>/eval
+
+
+@dataclass
+class EvalSetsConfig:
+    """What to score and what to report."""
+
+    sets: list[str] = field(default_factory=list)
+    """Eval sets as name=SHARD_DIR (comma-separated on the command line), e.g.
+    la19=shards/la19_eval,itw=shards/itw; a bare SHARD_DIR is named after its folder."""
+    subset: str = "eval"
+    """ASVspoof 2021 trials entering the EERs: eval | progress | hidden_track | all."""
+    bootstrap: int = 1000  # replicates for the 95 % CIs (0 = none); cost: bench/bench_eval.py
+    seed: int = 0  # bootstrap and t-SNE subsample seed
+    tsne_points: int = 2000  # eval embeddings in the t-SNE picture (0 = no t-SNE)
+    plots: bool = True  # DET curves and score histograms
+    num_workers: int = -1  # loader workers per rank (-1 = Stage 1's data.num_workers)
+
+    def __post_init__(self) -> None:
+        if self.subset not in SUBSETS:
+            raise ValueError(f"subset must be one of {SUBSETS}, got {self.subset!r}")
+        if self.bootstrap < 0 or self.tsne_points < 0:
+            raise ValueError("bootstrap and tsne_points must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation configuration (``python -m sccl.evaluate --help`` lists every key)."""
+
+    run: EvalRunConfig = field(default_factory=EvalRunConfig)
+    eval: EvalSetsConfig = field(default_factory=EvalSetsConfig)
+    embed: EmbedOptions = field(default_factory=EmbedOptions)
+
+
+def parse_sets(specs: list[str]) -> list[tuple[str, str]]:
+    """[(name, shard_dir)] from ``name=DIR`` / ``DIR`` items; names unique and file-safe."""
+    if not specs:
+        raise ConfigError("eval.sets is required, e.g. --eval.sets la19=shards/la19_eval")
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name, eq, path = spec.partition("=")
+        name, path = (name, path) if eq else (Path(spec).name, spec)
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"eval.sets: bad set name {name!r} in {spec!r} "
+                              "(letters, digits, _ . - only)")
+        if not (Path(path) / "manifest.json").is_file():
+            raise ConfigError(f"eval.sets: {name}={path} is not a shard directory (manifest.json)")
+        if name in [n for n, _ in out]:
+            raise ConfigError(f"eval.sets: set name {name!r} given twice")
+        out.append((name, path))
+    return out
+
+
+def select(metas: list[dict], subset: str) -> tuple[np.ndarray, str | None]:
+    """(mask (N,), subset applied or None): the 2021 subset filter; other sets are kept whole."""
+    is_2021 = any(str(m.get("dataset", "")).startswith("asvspoof2021") for m in metas)
+    if subset == "all" or not is_2021:
+        return np.ones(len(metas), dtype=bool), ("all" if is_2021 else None)
+    return np.array([m.get("subset") == subset for m in metas]), subset
+
+
+def make_trials(name: str, keys: list[str], scores: np.ndarray, metas: list[dict]) -> Trials:
+    """Trials of one set (every row); codec kept as a condition where the metadata has one."""
+    conditions = {}
+    if any("codec" in m for m in metas):
+        conditions["codec"] = np.array([str(m.get("codec", "-")) for m in metas], dtype=object)
+    return Trials(name, keys, scores, np.array([m.get("label") == "bonafide" for m in metas]),
+                  np.array([str(m.get("attack", "-")) for m in metas], dtype=object), conditions)
+
+
+def score_set(name: str, shard_dir: str, model, data_cfg, cfg: EvalConfig, weight, bias,
+              accelerator, eval_dir: Path) -> tuple | None:
+    """Every rank embeds its share; the main process returns (Trials of the chosen subset,
+    subset name, embeddings (N, D) of those trials); None elsewhere."""
+    keys, z = embed_share(model, shard_dir, data_cfg, cfg.embed, rank=accelerator.process_index,
+                          world_size=accelerator.num_processes)
+    if not accelerator.is_main_process:
+        return None
+    emb = collect(shard_dir, keys, z)
+    scores = linear_scores(emb.z, weight, bias)
+    write_score_file(eval_dir / "scores" / f"{name}.txt", emb.keys, scores)  # every trial
+    mask, subset = select(emb.meta, cfg.eval.subset)
+    if not mask.any():
+        raise TrialError(f"set {name!r}: no trials with subset {cfg.eval.subset!r} in {shard_dir}")
+    trials = make_trials(name, emb.keys, scores, emb.meta).subset(mask)
+    print(f"{name}: scored {len(emb.keys)} trials of {shard_dir}"
+          + (f" ({int(mask.sum())} in subset {subset})" if subset else ""), flush=True)
+    return trials, subset, emb.z[mask], emb.meta
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    if not cfg.run.dir:
+        raise ConfigError("run.dir is required (a run directory with stage1/ and stage2/)")
+    run = Path(cfg.run.dir)
+    sets = parse_sets(cfg.eval.sets)
+    meta, weight, bias, thr = load_stage2(run)  # checks Stage 2 against Stage 1 (sha256)
+    data_cfg = stage1_data_config(run, workers=cfg.eval.num_workers)
+    paths = rt.StagePaths(run, "eval")
+    accelerator = make_accelerator()
+    rt.record_run(accelerator, cfg, paths, None, stage="evaluation")
+    model = SupConModel.from_pretrained(run / "stage1" / meta.get("stage1_which", "best"))
+    model = model.to(accelerator.device).eval().requires_grad_(False)
+    scored = {}
+    for name, shard_dir in sets:
+        scored[name] = score_set(name, shard_dir, model, data_cfg, cfg, weight, bias,
+                                 accelerator, paths.dir)
+    if accelerator.is_main_process:
+        report(cfg, run, paths.dir, sets, scored, meta, thr, data_cfg)
+    accelerator.end_training()
+    return 0
+
+
+def report(cfg: EvalConfig, run: Path, eval_dir: Path, sets, scored: dict, meta: dict,
+           thr: dict, data_cfg) -> None:
+    """Main process: metrics, contamination guard, results.json/md, plots; print the table."""
+    trials = [scored[n][0] for n, _ in sets]
+    conditions = {t.name: list(t.conditions) for t in trials if t.conditions}
+    res = summarise(trials, conditions=conditions, n_boot=cfg.eval.bootstrap, seed=cfg.eval.seed)
+    for name, shard_dir in sets:
+        res["sets"][name].update(shard_dir=str(shard_dir), subset=scored[name][1],
+                                 score_file=f"scores/{name}.txt")
+    sources = training_sources(data_cfg, meta)
+    res["contamination"] = contamination_report({n: scored[n][3] for n, _ in sets}, sources)
+    warn(res["contamination"])
+    res.update(run=run.name, run_dir=str(run.resolve()),
+               stage1_weights_sha256=meta["stage1_weights_sha256"],
+               dev_threshold=thr["threshold"], dev_eer=thr["dev_eer"], embed=vars(cfg.embed))
+    res["plots"] = make_plots(cfg, eval_dir, trials, res, {n: scored[n][2] for n, _ in sets})
+    json_path, md_path = write_results(eval_dir, run.name, res)
+    print("\n" + results_table([(run.name, res)]))
+    print(f"pooled = {res['pooled_eer']['definition']}; mean = {res['mean_eer']['definition']}")
+    print(f"wrote {json_path}, {md_path}, scores/ and plots/ in {eval_dir}", flush=True)
+
+
+def make_plots(cfg: EvalConfig, eval_dir: Path, trials: list[Trials], res: dict,
+               embs: dict[str, np.ndarray]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    plots = eval_dir / "plots"
+    if cfg.eval.plots:
+        plot_det(trials, plots / "det.png", {n: s["eer"] for n, s in res["sets"].items()})
+        plot_histograms(trials, plots / "hist.png",
+                        {n: s["threshold"] for n, s in res["sets"].items()})
+        out.update(det="plots/det.png", histograms="plots/hist.png")
+    if cfg.eval.tsne_points:
+        z, bona, attack = tsne_sample(trials, embs, cfg.eval.tsne_points, cfg.eval.seed)
+        if len(z) >= 5:
+            plot_tsne(z, bona, attack, plots / "tsne.png", seed=cfg.eval.seed)
+            out["tsne"] = "plots/tsne.png"
+    return out
+
+
+def tsne_sample(trials: list[Trials], embs: dict[str, np.ndarray], n: int, seed: int):
+    """A seeded random subsample of at most ``n`` eval embeddings over all sets -> (z (M, D),
+    bona fide (M,), attack (M,)). Attack names are shared across sets (LA21/DF21 reuse the
+    LA19 eval systems), so they are not prefixed with the set's name."""
+    z = np.concatenate([embs[t.name] for t in trials])
+    bona = np.concatenate([t.bonafide for t in trials])
+    attack = np.concatenate([np.where(t.bonafide, "bona fide", t.attacks.astype(str))
+                             for t in trials])
+    pick = np.random.default_rng(seed).permutation(len(z))[:n]
+    return z[pick], bona[pick], attack[pick]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit code 0 done, 2 bad input."""
+    try:
+        return run_eval(parse_config(EvalConfig, argv, prog="python -m sccl.evaluate"))
+    except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError,
+            TrialError, ScoreFileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

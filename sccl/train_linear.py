@@ -1,0 +1,232 @@
+"""Stage 2: a linear classifier on frozen Stage 1 embeddings.
+
+    accelerate launch sccl/train_linear.py --run.dir RUN [--embed.seconds 10 ...]
+    python -m sccl.train_linear --run.dir RUN          # one process
+    python -m sccl.train_linear --help                 # every option
+
+Loads RUN/stage1 (config.yaml for the shard directories, best/ weights), freezes encoder and
+head, and embeds LA19 train and dev with every rank taking a share (each utterance once,
+deduplicated by key, checked against the shard metadata). The embeddings are cached in
+RUN/stage2/embeddings and reused while the Stage 1 weights, shards and crop stay the same.
+Then, on the main process, ``Linear(256, 1)`` is trained with BCEWithLogits (pos_weight =
+#spoof / #bona fide, label 1 = bona fide) and AdamW, early-stopped on the dev EER; the best
+epoch's classifier, its dev EER threshold and RUN/export (``SpoofDetector``) are written.
+Layout of RUN/stage2: sccl/linear.py. Exit codes: 0 done, 2 bad input.
+"""
+# ruff: noqa: E402  (the sys.path fix below must run before the imports)
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file (`accelerate launch sccl/train_linear.py`): Python put sccl/ first on
+    # sys.path, where sccl/queue.py would shadow the standard library's `queue`.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+from sccl import dist
+from sccl import runtime as rt
+from sccl.config import ConfigError, from_dict, parse_config, read_config_file
+from sccl.data import DataConfig, ShardDirError
+from sccl.embed import EmbedError, EmbedOptions, collect, embed_share, make_accelerator
+from sccl.linear import (
+    LinearConfig,
+    RunMismatchError,
+    file_sha256,
+    save_classifier,
+    stage1_weights,
+    train_classifier,
+)
+from sccl.model import ModelLoadError, SupConModel
+from shards.atomic import atomic_write_bytes
+
+
+@dataclass
+class Stage2RunConfig:
+    """Which run, which Stage 1 weights, what to write."""
+
+    dir: str = ""  # run directory holding stage1/ (required); writes <dir>/stage2
+    stage1: str = "best"  # Stage 1 weights to freeze: "best" or "last"
+    export: bool = True  # also write <dir>/export (SpoofDetector.save_pretrained)
+    progress: bool = True  # print one line per epoch on the main process
+
+
+@dataclass
+class Stage2DataConfig:
+    """Shards to embed; empty = what Stage 1 trained on (its config.yaml)."""
+
+    train_shards: str = ""  # LA19 train shard directory ("" = Stage 1's data.train_shards)
+    dev_shards: str = ""  # LA19 dev shard directory ("" = Stage 1's data.dev_shards)
+    num_workers: int = -1  # loader workers per rank (-1 = Stage 1's data.num_workers)
+
+
+@dataclass
+class Stage2Config:
+    """Stage 2 configuration (``python -m sccl.train_linear --help`` lists every key)."""
+
+    run: Stage2RunConfig = field(default_factory=Stage2RunConfig)
+    data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
+    embed: EmbedOptions = field(default_factory=EmbedOptions)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+
+def stage1_data_config(run: Path, train: str = "", dev: str = "", workers: int = -1
+                       ) -> DataConfig:
+    """Stage 1's DataConfig (RUN/stage1/config.yaml), with shard dirs / workers overridden."""
+    path = run / "stage1" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; --run.dir must be a run directory with Stage 1")
+    data, lines = read_config_file(path)
+    cfg = from_dict(DataConfig, data.get("data") or {}, source=str(path),
+                    lines={k[len("data."):]: v for k, v in lines.items()})
+    changes = {"train_shards": train or cfg.train_shards, "dev_shards": dev or cfg.dev_shards}
+    if workers >= 0:
+        changes["num_workers"] = workers
+    return dataclasses.replace(cfg, **changes)
+
+
+def fingerprint(shard_dir: str, weights_sha: str, opts: EmbedOptions, sample_rate: int) -> dict:
+    """What decides a cached embedding file's content (batch size does not)."""
+    return {"stage1_weights_sha256": weights_sha, "shard_dir": str(Path(shard_dir).resolve()),
+            "manifest_sha256": file_sha256(Path(shard_dir) / "manifest.json"),
+            "crop": opts.crop, "seconds": opts.seconds, "hop_seconds": opts.hop_seconds,
+            "bf16": opts.bf16, "sample_rate": sample_rate}
+
+
+def load_cache(path: Path, expect: dict) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(z (N, D), label (N,), keys) if ``path`` holds embeddings with fingerprint ``expect``."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if json.loads(meta.get("fingerprint", "{}")) != expect:
+                return None
+            return f.get_tensor("z"), f.get_tensor("label"), json.loads(meta["keys"])
+    except Exception:  # a damaged cache is recomputed, never trusted
+        return None
+
+
+def save_cache(path: Path, z: np.ndarray, label: np.ndarray, keys: list[str], fp: dict) -> None:
+    blob = safetensors_save({"z": torch.from_numpy(z), "label": torch.from_numpy(label)},
+                            metadata={"keys": json.dumps(keys), "fingerprint": json.dumps(fp)})
+    atomic_write_bytes(path, blob)
+
+
+def labels_of(metas: list[dict], where: str) -> np.ndarray:
+    """int64 (N,) 1 = bona fide, 0 = spoof, from the samples' metadata."""
+    bad = [m.get("utt_id") for m in metas if m.get("label") not in ("bonafide", "spoof")]
+    if bad:
+        raise EmbedError(f"{where}: {len(bad)} samples without label bonafide/spoof, "
+                         f"e.g. {bad[:3]}")
+    return np.array([m["label"] == "bonafide" for m in metas], dtype=np.int64)
+
+
+def embeddings(split: str, shard_dir: str, model, data_cfg: DataConfig, opts: EmbedOptions,
+               weights_sha: str, stage2: Path, accelerator) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cached or freshly extracted (z, label) of one split; None on non-main ranks."""
+    fp = fingerprint(shard_dir, weights_sha, opts, data_cfg.sample_rate)
+    path = stage2 / "embeddings" / f"{split}.safetensors"
+    cached = load_cache(path, fp) if accelerator.is_main_process else None
+    if dist.broadcast_object(cached is not None):
+        accelerator.print(f"{split}: cached embeddings {path}")
+        return cached[:2] if cached is not None else None
+    t0 = time.perf_counter()
+    keys, z = embed_share(model, shard_dir, data_cfg, opts, rank=accelerator.process_index,
+                          world_size=accelerator.num_processes)
+    if not accelerator.is_main_process:
+        return None
+    emb = collect(shard_dir, keys, z)
+    label = labels_of(emb.meta, shard_dir)
+    save_cache(path, emb.z, label, emb.keys, fp)
+    accelerator.print(f"{split}: embedded {len(emb.keys)} utterances of {shard_dir} in "
+                      f"{time.perf_counter() - t0:.1f} s")
+    return emb.z, label
+
+
+def run_stage2(cfg: Stage2Config) -> int:
+    if not cfg.run.dir:
+        raise ConfigError("run.dir is required (the run directory of a finished Stage 1)")
+    if cfg.run.stage1 not in ("best", "last"):
+        raise ConfigError(f"run.stage1 must be 'best' or 'last', got {cfg.run.stage1!r}")
+    run = Path(cfg.run.dir)
+    d = cfg.data
+    data_cfg = stage1_data_config(run, d.train_shards, d.dev_shards, d.num_workers)
+    for name in ("train_shards", "dev_shards"):
+        value = getattr(data_cfg, name)
+        if not value or not (Path(value) / "manifest.json").is_file():
+            raise ConfigError(f"data.{name}={value!r} is not a shard directory (manifest.json)")
+    cfg.data = dataclasses.replace(d, train_shards=data_cfg.train_shards,
+                                   dev_shards=data_cfg.dev_shards)  # recorded as resolved
+    weights = stage1_weights(run, cfg.run.stage1)
+    paths = rt.StagePaths(run, "stage2")
+    accelerator = make_accelerator()
+    rt.record_run(accelerator, cfg, paths, None, stage="Stage 2")
+    weights_sha = file_sha256(weights)
+    model = SupConModel.from_pretrained(weights.parent).to(accelerator.device).eval()
+    model.requires_grad_(False)
+    splits = {}
+    for split, shard_dir in (("train", data_cfg.train_shards), ("dev", data_cfg.dev_shards)):
+        splits[split] = embeddings(split, shard_dir, model, data_cfg, cfg.embed, weights_sha,
+                                   paths.dir, accelerator)
+    if accelerator.is_main_process:
+        fit_and_save(cfg, run, paths, splits, weights_sha, data_cfg)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+def fit_and_save(cfg: Stage2Config, run: Path, paths: rt.StagePaths, splits: dict,
+                 weights_sha: str, data_cfg: DataConfig) -> None:
+    """Main process: train the classifier, write classifier/threshold/meta and the export."""
+    logger = rt.JsonlLogger(paths.log, True)
+    paths.log.unlink(missing_ok=True)  # one training per file: a rerun starts it afresh
+
+    def on_epoch(rec: dict) -> None:
+        logger.log(rec)
+        if cfg.run.progress:
+            print(f"epoch {rec['epoch']}: train loss {rec['train_loss']:.4f}  dev loss "
+                  f"{rec['dev_loss']:.4f}  dev EER {100 * rec['dev_eer']:.2f} %", flush=True)
+
+    res = train_classifier(splits["train"], splits["dev"], cfg.linear, on_epoch)
+    y_tr, y_dev = splits["train"][1], splits["dev"][1]
+    meta = {
+        "stage1_weights_sha256": weights_sha, "stage1_which": cfg.run.stage1,
+        "sample_rate": data_cfg.sample_rate, "embed": dataclasses.asdict(cfg.embed),
+        "train_shards": data_cfg.train_shards, "dev_shards": data_cfg.dev_shards,
+        "train_counts": {"bonafide": int(y_tr.sum()), "spoof": int((1 - y_tr).sum())},
+        "dev_counts": {"bonafide": int(y_dev.sum()), "spoof": int((1 - y_dev).sum())},
+        "pos_weight": res.pos_weight, "best_epoch": res.best_epoch,
+        "epochs_run": res.epochs_run, "dev_eer": res.dev_eer, "threshold": res.threshold,
+    }
+    save_classifier(paths.dir, res, meta)
+    print(f"Stage 2: best epoch {res.best_epoch} of {res.epochs_run}, dev EER "
+          f"{100 * res.dev_eer:.2f} %, threshold {res.threshold:.4f}; wrote {paths.dir}")
+    if cfg.run.export:
+        from sccl.scoring import export_run
+
+        print(f"exported the detector to {export_run(run)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit code 0 done, 2 bad input (config, run directory, shards)."""
+    try:
+        return run_stage2(parse_config(Stage2Config, argv, prog="python -m sccl.train_linear"))
+    except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Run directories and shard sets for the Stage 2 / evaluation / scoring tests.
+
+A "Stage 1 run" here is what sccl/train_supcon.py leaves behind (config.yaml in its format,
+best/ weights via SupConModel.save_pretrained) without training: a random tiny model is
+enough to test the plumbing, and costs well under a second. Shard sets come from
+tests/data_fixtures.py (short clips, arbitrary counts, mixed or split-by-label shards).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from sccl.config import save_config
+from sccl.data import DataConfig
+from sccl.model import ModelConfig, SupConModel
+from tests.data_fixtures import write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = (0.15, 0.4)  # clip lengths in seconds: short, so a tiny model embeds them in ms
+
+
+def make_sets(root: Path) -> dict[str, Path]:
+    """train/dev (split by label) and three eval sets with uneven shard counts/sizes."""
+    root = Path(root)
+    specs = {
+        "train": dict(n_bonafide=6, n_spoof=10, n_shards=(2, 3), split="train", seed=1),
+        "dev": dict(n_bonafide=4, n_spoof=6, n_shards=(1, 2), split="dev", seed=2),
+        "evalA": dict(n_bonafide=3, n_spoof=8, split_by_label=False, n_shards=3,
+                      attacks=("A07", "A08"), split="evalA", seed=3),
+        "evalB": dict(n_bonafide=4, n_spoof=3, split_by_label=False, n_shards=2,
+                      attacks=("A09",), split="evalB", seed=4),
+        "evalC": dict(n_bonafide=2, n_spoof=3, split_by_label=False, n_shards=1,
+                      attacks=("A10", "A11"), split="evalC", seed=5),
+    }
+    out = {}
+    for name, kw in specs.items():
+        out[name] = root / name
+        if not (out[name] / "manifest.json").is_file():
+            write_shards(out[name], seconds=CLIP, **kw)
+    return out
+
+
+def make_stage1_run(run: Path, train: Path, dev: Path, *, seed: int = 0) -> Path:
+    """RUN/stage1/{config.yaml, best/} as Stage 1 writes them, with a random tiny model."""
+    from sccl.train_supcon import TrainConfig
+
+    cfg = TrainConfig(data=DataConfig(train_shards=str(train), dev_shards=str(dev),
+                                      num_workers=0, batch_size=4, eval_seconds=1.0))
+    cfg.model = ModelConfig(encoder="tiny")
+    cfg.run.dir = str(run)
+    save_config(cfg, Path(run) / "stage1" / "config.yaml", header="test fixture")
+    torch.manual_seed(seed)
+    SupConModel(cfg.model).save_pretrained(Path(run) / "stage1" / "best")
+    return Path(run)
+
+
+STAGE2_ARGS = ["--embed.seconds", "1", "--embed.batch_size", "4", "--linear.max_epochs", "30",
+               "--linear.patience", "5", "--run.progress", "false"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(script: Path | str, args: list[str], *, procs: int = 2,
+                      timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run ``script`` under the accelerate next to this interpreter on ``procs`` CPU processes."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher)] if launcher.is_file() else [sys.executable, "-m",
+                                                      "accelerate.commands.launch"]
+    cmd += ["launch"] if launcher.is_file() else []
+    cmd += ["--multi_gpu", "--num_processes", str(procs), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), str(script), *args]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)

@@ -1,0 +1,291 @@
+"""Evaluation: EER aggregation (per set / attack / condition, pooled vs mean, CIs), score files,
+the results table, the contamination guard, the evaluation stage end to end with its clear
+errors, and a 2-process run that must score every trial exactly once."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sccl.aggregate import (
+    TrialError,
+    Trials,
+    _class_counts,
+    bootstrap_cis,
+    mean_eer,
+    per_attack_eer,
+    per_condition_eer,
+    pooled_eer,
+    summarise,
+    walk_eer,
+    walk_order,
+)
+from sccl.contamination import contamination_report
+from sccl.embed import read_shard_metadata
+from sccl.evaluate import main as eval_main
+from sccl.evaluate import select
+from sccl.metrics import compute_eer
+from sccl.results import read_score_file, results_table, write_score_file
+from sccl.train_linear import main as stage2_main
+from tests.eval_fixtures import ROOT, STAGE2_ARGS, accelerate_launch, make_sets, make_stage1_run
+
+DIST_SCRIPT = ROOT / "tests" / "dist_scripts" / "dist_eval_check.py"
+
+
+def _trials(name, bona, spoof, attacks=None, **conditions):
+    n = len(bona) + len(spoof)
+    attacks = ["-"] * len(bona) + list(attacks or ["A01"] * len(spoof))
+    return Trials(name, [f"{name}_{i}" for i in range(n)], np.r_[bona, spoof],
+                  np.r_[np.ones(len(bona), bool), np.zeros(len(spoof), bool)],
+                  np.array(attacks, dtype=object),
+                  {k: np.array(v, dtype=object) for k, v in conditions.items()})
+
+
+def test_pooled_and_mean_differ_and_match_definitions():
+    # Each set alone is perfectly separated, but at different score offsets: pooled > 0.
+    a = _trials("a", [1.0, 1.1, 1.2], [0.0, 0.1, 0.2, 0.3])
+    b = _trials("b", [11.0, 11.1], [10.0, 10.1, 10.2])
+    assert mean_eer([a, b]) == 0.0
+    bona = np.r_[a.scores[a.bonafide], b.scores[b.bonafide]]
+    spoof = np.r_[a.scores[~a.bonafide], b.scores[~b.bonafide]]
+    assert pooled_eer([a, b]) == compute_eer(bona, spoof)[0] > 0.0
+    res = summarise([a, b], n_boot=0)
+    assert res["mean_eer"]["eer"] == 0.0 and res["pooled_eer"]["eer"] == pooled_eer([a, b])
+    assert "concatenated" in res["pooled_eer"]["definition"]
+    assert "mean" in res["mean_eer"]["definition"]
+
+
+def test_per_attack_uses_all_bona_fide():
+    t = _trials("s", [2.0, 3.0, 4.0], [0.0, 1.0, 3.5, 5.0], attacks=["A1", "A1", "A2", "A2"])
+    out = per_attack_eer(t)
+    assert out["A1"] == {"eer": 0.0, "spoof": 2}
+    bona = np.array([2.0, 3.0, 4.0])
+    assert out["A2"]["eer"] == compute_eer(bona, np.array([3.5, 5.0]))[0] > 0.0
+
+
+def test_per_condition_breakdown_and_one_class_value():
+    t = _trials("s", [2.0, 3.0], [0.0, 3.5, 1.0], codec=["alaw", "none", "alaw", "none", "gsm"])
+    out = per_condition_eer(t, "codec")
+    assert out["alaw"]["eer"] == 0.0 and out["none"]["eer"] == 1.0
+    assert out["gsm"] == {"eer": None, "bonafide": 0, "spoof": 1}
+
+
+def test_trial_errors():
+    with pytest.raises(TrialError, match="only spoof"):
+        summarise([_trials("x", [], [0.0, 1.0])], n_boot=0)
+    with pytest.raises(TrialError, match="non-finite"):
+        summarise([_trials("x", [np.nan], [0.0])], n_boot=0)
+    with pytest.raises(TrialError, match="duplicate set names"):
+        summarise([_trials("x", [1.0], [0.0]), _trials("x", [1.0], [0.0])], n_boot=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bootstrap_walk_equals_compute_eer_on_the_resample(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 40))
+    scores = rng.integers(0, 6, n).astype(float)  # many ties, across classes too
+    bona = rng.random(n) < 0.4
+    bona[:2] = [True, False]
+    order = walk_order(scores, bona)
+    assert walk_eer(bona[order]) == compute_eer(scores[bona], scores[~bona])[0]
+    counts = _class_counts(bona, rng)
+    resampled = np.repeat(np.arange(n), counts)  # the explicit resample, in any order
+    expect = compute_eer(scores[resampled][bona[resampled]], scores[resampled][~bona[resampled]])
+    assert walk_eer(np.repeat(bona[order], counts[order])) == expect[0]
+
+
+def test_bootstrap_reproducible_and_brackets_estimate():
+    rng = np.random.default_rng(0)
+    sets = [_trials(n, rng.normal(1, 1, 40), rng.normal(0, 1, 60)) for n in ("a", "b")]
+    c1, c2 = (bootstrap_cis(sets, n_boot=50, seed=3) for _ in range(2))
+    assert c1 == c2
+    assert c1 != bootstrap_cis(sets, n_boot=50, seed=4)
+    res = summarise(sets, n_boot=50, seed=3)
+    for key in ("pooled_eer", "mean_eer"):
+        lo, hi = res[key]["ci"]
+        assert lo <= res[key]["eer"] <= hi
+
+
+def test_score_file_format_roundtrip_and_overwrite(tmp_path):
+    path = tmp_path / "scores" / "la19.txt"
+    scores = np.array([0.1, -2.5e-9, 3.0, 1 / 3])
+    write_score_file(path, ["a", "b", "c", "d"], scores)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and all(re.fullmatch(r"\S+ \S+", x) for x in lines)
+    assert list(read_score_file(path).values()) == scores.tolist()  # exact round trip
+    write_score_file(path, ["z"], np.array([1.0]))  # rewritten whole, never appended
+    assert path.read_text() == "z 1.0\n"
+    with pytest.raises(ValueError, match="whitespace"):
+        write_score_file(path, ["a b"], np.array([1.0]))
+    assert path.read_text() == "z 1.0\n"  # a failed write leaves the old file
+
+
+def test_results_table_study_layout():
+    def res(**eers):
+        return {"sets": {k: {"eer": v} for k, v in eers.items()},
+                "pooled_eer": {"eer": 0.05}, "mean_eer": {"eer": 0.0625}}
+
+    table = results_table([("r1", res(df21=0.1, extra=0.2, la19=0.01, itw=0.08)),
+                           ("r2", res(la21=0.03))])
+    head, _, row1, row2 = table.splitlines()
+    assert head == "| run | LA19 | ITW | LA21 | DF21 | extra | pooled | mean |"
+    assert row1 == "| r1 | 1.00 | 8.00 | — | 10.00 | 20.00 | 5.00 | 6.25 |"
+    assert row2.startswith("| r2 | — | — | 3.00 |")
+
+
+def test_contamination_report_ids_and_hashes():
+    train = [{"utt_id": "T1", "sha256": "h1"}, {"utt_id": "T2", "sha256": "h2"}]
+    ev = {"clean": [{"utt_id": "E1", "sha256": "e1"}],
+          "same_id": [{"utt_id": "T1", "sha256": "x"}],
+          "same_audio": [{"utt_id": "E2", "sha256": "h2"}]}
+    found = contamination_report(ev, {"Stage 1 train d": train, "Stage 1 dev gone": "missing"})
+    by_set = {f["set"]: f for f in found}
+    assert set(by_set) == {None, "same_id", "same_audio"}
+    assert by_set["same_id"]["shared_utt_ids"] == 1 and by_set["same_id"]["shared_hashes"] == 0
+    assert by_set["same_audio"]["shared_hashes"] == 1 and by_set["same_audio"]["examples"] == ["E2"]
+    assert "could not check" in by_set[None]["message"]
+
+
+def test_subset_selection_only_for_2021():
+    metas = [{"dataset": "asvspoof2021_la", "subset": s} for s in ("eval", "progress", "eval")]
+    mask, name = select(metas, "eval")
+    assert mask.tolist() == [True, False, True] and name == "eval"
+    assert select(metas, "all")[0].all()
+    assert select([{"dataset": "itw", "subset": "eval"}], "progress") == (np.array([True]), None)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    sets = make_sets(root / "shards")
+    run = make_stage1_run(root / "run", sets["train"], sets["dev"])
+    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS, "--run.export", "false"]) == 0
+    return run, sets
+
+
+def _eval_args(run, spec, *extra):
+    return ["--run.dir", str(run), "--eval.sets", spec, "--embed.seconds", "1",
+            "--embed.batch_size", "3", "--eval.bootstrap", "20", "--eval.tsne_points", "30",
+            *extra]
+
+
+def test_evaluate_end_to_end(trained, capsys):
+    run, sets = trained
+    spec = f"a={sets['evalA']},b={sets['evalB']},{sets['evalC']}"
+    assert eval_main(_eval_args(run, spec)) == 0
+    out = capsys.readouterr().out
+    assert "| run | a | b | evalC | pooled | mean |" in out
+    res = json.loads((run / "eval" / "results.json").read_text())
+    assert list(res["sets"]) == ["a", "b", "evalC"] and res["contamination"] == []
+    mean = np.mean([s["eer"] for s in res["sets"].values()])
+    assert res["mean_eer"]["eer"] == pytest.approx(mean)
+    for name, d in (("a", "evalA"), ("b", "evalB"), ("evalC", "evalC")):
+        scores = read_score_file(run / "eval" / "scores" / f"{name}.txt")
+        keys = [m["utt_id"] for m in read_shard_metadata(sets[d])[1]]
+        assert list(scores) == keys  # every trial once, in shard order
+        bona = [scores[k] for k in keys if "_bona_" in k]
+        spoof = [scores[k] for k in keys if "_spoof_" in k]
+        assert res["sets"][name]["eer"] == compute_eer(bona, spoof)[0]
+    for plot in ("det", "histograms", "tsne"):
+        assert (run / "eval" / res["plots"][plot]).stat().st_size > 1000
+    md = (run / "eval" / "results.md").read_text()
+    assert "| run | a | b | evalC | pooled | mean |" in md and "A07" in md
+
+
+def test_evaluate_warns_about_contamination(trained, capsys):
+    run, sets = trained
+    args = _eval_args(run, f"a={sets['evalA']},leak={sets['dev']}", "--eval.tsne_points", "0",
+                      "--eval.plots", "false", "--embed.crop", "windows", "--embed.seconds", "0.1")
+    assert eval_main(args) == 0  # (windows of 0.1 s: the clips last 0.15-0.4 s)
+    assert "WARNING (contamination)" in capsys.readouterr().err
+    res = json.loads((run / "eval" / "results.json").read_text())
+    (finding,) = res["contamination"]
+    assert finding["set"] == "leak" and finding["shared_utt_ids"] == 10
+    assert finding["shared_hashes"] == 10 and "Stage 1 dev" in finding["source"]
+    assert "WARNING (contamination)" in (run / "eval" / "results.md").read_text()
+
+
+def _duplicate_trials(src, dst):
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    first = dict(manifest["shards"][0], name="evalB-000009.tar")
+    shutil.copy(dst / manifest["shards"][0]["name"], dst / first["name"])
+    manifest["shards"].append(first)
+    manifest["num_samples"] += first["num_samples"]
+    counts = json.loads((dst / "manifest.json").read_text())["counts"]
+    for meta in read_shard_metadata(src)[1][: first["num_samples"]]:
+        counts[meta["label"]] += 1
+    manifest["counts"] = counts
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_evaluate_clear_errors(trained, tmp_path, capsys):
+    run, sets = trained
+    from tests.data_fixtures import write_shards
+
+    cases = {
+        "is not a shard directory": f"a={tmp_path / 'none'}",
+        "given twice": f"a={sets['evalA']},a={sets['evalB']}",
+        "only spoof": "x=" + str(write_shards(tmp_path / "onlyspoof", n_bonafide=0, n_spoof=4,
+                                              split_by_label=False, n_shards=1,
+                                              seconds=(0.15, 0.2)) and tmp_path / "onlyspoof"),
+        "not scored": "x=" + str(write_shards(tmp_path / "corrupt", n_bonafide=2, n_spoof=2,
+                                              split_by_label=False, n_shards=1, split="c",
+                                              seconds=(0.15, 0.2), corrupt=("c_bona_0000",))
+                                 and tmp_path / "corrupt"),
+        "duplicate trial": f"x={_duplicate_trials(sets['evalB'], tmp_path / 'dup')}",
+    }
+    for message, spec in cases.items():
+        args = _eval_args(run, spec, "--eval.plots", "false", "--eval.tsne_points", "0")
+        assert eval_main(args) == 2, message
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") or "\nerror: " in err, (message, err)
+        assert message in err, (message, err)
+
+
+def test_evaluate_nan_scores_and_stage_mismatch(trained, tmp_path, capsys):
+    run, sets = trained
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    clf = bad / "stage2" / "classifier.safetensors"
+    state = load_file(clf)
+    save_file({"weight": state["weight"], "bias": torch.tensor([float("nan")])}, clf,
+              metadata={"format": "pt"})
+    assert eval_main(_eval_args(bad, f"a={sets['evalA']}", "--eval.plots", "false")) == 2
+    assert "non-finite score" in capsys.readouterr().err
+    make_stage1_run(bad, sets["train"], sets["dev"], seed=5)  # Stage 1 replaced
+    assert eval_main(_eval_args(bad, f"a={sets['evalA']}")) == 2
+    assert "does not match its Stage 1" in capsys.readouterr().err
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_evaluation_scores_every_trial_once(trained, tmp_path):
+    run, sets = trained
+    spec = f"a={sets['evalA']},b={sets['evalB']},c={sets['evalC']}"
+    assert eval_main(_eval_args(run, spec, "--eval.plots", "false",
+                                "--eval.tsne_points", "0")) == 0
+    single = {n: read_score_file(run / "eval" / "scores" / f"{n}.txt") for n in "abc"}
+    proc = accelerate_launch(DIST_SCRIPT, [str(run), spec, str(tmp_path / "report.json")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["world_size"] == 2
+    for n in "abc":
+        scores = read_score_file(run / "eval" / "scores" / f"{n}.txt")
+        assert list(scores) == list(single[n])  # same trials, each once, same order
+        np.testing.assert_allclose(list(scores.values()), list(single[n].values()), atol=1e-4)
+        # both ranks scored real (valid) trials, and the shares add up to the set exactly
+        shares = report["shares"][n]
+        assert sum(shares) == len(single[n]) and min(shares) > 0
+    assert sum(report["padding"]["b"]) > 0  # 7 trials, 3 + 4 per rank: one padded batch

@@ -1,0 +1,150 @@
+"""Stage 2: the linear classifier (pure), embedding hand-off checks, and the stage end to end
+on a fixture run (random tiny Stage 1, short fixture shards, one process)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sccl import linear
+from sccl.embed import (
+    EmbedError,
+    EmbedOptions,
+    collect,
+    gather_strings,
+    make_windows,
+    read_shard_metadata,
+    window_starts,
+)
+from sccl.linear import LinearConfig, RunMismatchError, load_stage2, train_classifier
+from sccl.train_linear import main as stage2_main
+from tests.eval_fixtures import STAGE2_ARGS, make_sets, make_stage1_run
+
+
+def _blobs(n_bona: int, n_spoof: int, shift: float, seed: int):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n_bona + n_spoof, 8)).astype(np.float32)
+    y = np.r_[np.ones(n_bona), np.zeros(n_spoof)].astype(np.int64)
+    z[:n_bona, 0] += shift  # bona fide shifted along one axis
+    return z, y
+
+
+def test_classifier_learns_separable_and_sets_pos_weight():
+    train, dev = _blobs(10, 40, 6.0, 0), _blobs(10, 30, 6.0, 1)
+    logs = []
+    res = train_classifier(train, dev, LinearConfig(lr=1e-2, max_epochs=40, patience=40),
+                           logs.append)
+    assert res.pos_weight == pytest.approx(4.0)  # 40 spoof / 10 bona fide
+    assert res.dev_eer == 0.0
+    s = linear.linear_scores(dev[0], res.weight, res.bias)
+    assert (s[dev[1] == 1] > res.threshold).all() and (s[dev[1] == 0] <= res.threshold).all()
+    assert [r["epoch"] for r in logs] == list(range(1, len(logs) + 1))
+    assert res.best_epoch == min(r["epoch"] for r in logs if r["dev_eer"] == res.dev_eer)
+
+
+def test_classifier_early_stops_and_is_deterministic():
+    train, dev = _blobs(8, 8, 0.0, 2), _blobs(8, 8, 0.0, 3)  # nothing to learn
+    cfg = LinearConfig(max_epochs=200, patience=3, seed=7)
+    a, b = train_classifier(train, dev, cfg), train_classifier(train, dev, cfg)
+    assert a.epochs_run < 200 and a.epochs_run - a.best_epoch == 3
+    assert torch.equal(a.weight, b.weight) and a.dev_eer == b.dev_eer
+
+
+def test_classifier_rejects_one_class():
+    z, y = _blobs(5, 5, 1.0, 0)
+    with pytest.raises(ValueError, match="one class"):
+        train_classifier((z, np.ones_like(y)), (z, y), LinearConfig())
+
+
+def test_windows_cover_every_sample():
+    assert window_starts(10, 4, 2) == [0, 2, 4, 6]
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]  # last window aligned to the end
+    assert window_starts(3, 4, 2) == [0]
+    wave = torch.arange(20, dtype=torch.float32).reshape(2, 10)
+    w, m, owner = make_windows(wave, [10, 3], window=4, hop=3)
+    assert owner.tolist() == [0, 0, 0, 1]
+    assert w[2].tolist() == [6, 7, 8, 9] and w[3].tolist() == [10, 11, 12, 0]
+    assert m[3].tolist() == [1, 1, 1, 0]
+
+
+def test_gather_strings_single_process():
+    assert gather_strings(["a", "LA_T_1", ""]) == ["a", "LA_T_1", ""]
+    with pytest.raises(ValueError):
+        gather_strings(["a\nb"])
+
+
+def test_collect_dedups_and_checks_counts(tmp_path):
+    sets = make_sets(tmp_path)
+    _, metas = read_shard_metadata(sets["evalB"])
+    keys = [m["utt_id"] for m in metas]
+    z = torch.arange(len(keys), dtype=torch.float32)[:, None].repeat(1, 3)
+    emb = collect(sets["evalB"], keys[::-1] + keys[:2], torch.cat([z.flip(0), z[:2]]))
+    assert emb.keys == keys and emb.z[:, 0].tolist() == list(range(len(keys)))
+    with pytest.raises(EmbedError, match="not scored"):
+        collect(sets["evalB"], keys[1:], z[1:])
+    with pytest.raises(EmbedError, match="do not list"):
+        collect(sets["evalB"], [*keys, "ghost"], torch.cat([z, z[:1]]))
+
+
+def test_embed_options_checked():
+    with pytest.raises(ValueError, match="crop"):
+        EmbedOptions(crop="middle")
+    with pytest.raises(ValueError, match="hop"):
+        EmbedOptions(crop="windows", seconds=2, hop_seconds=3)
+
+
+@pytest.fixture(scope="module")
+def stage2_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    sets = make_sets(root / "shards")
+    run = make_stage1_run(root / "run", sets["train"], sets["dev"])
+    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS]) == 0
+    return run, sets
+
+
+def test_stage2_writes_run_directory(stage2_run):
+    run, sets = stage2_run
+    s2 = run / "stage2"
+    for name in ("config.yaml", "classifier.safetensors", "threshold.json", "meta.json",
+                 "log.jsonl", "embeddings/train.safetensors", "embeddings/dev.safetensors"):
+        assert (s2 / name).is_file(), name
+    meta = json.loads((s2 / "meta.json").read_text())
+    assert meta["train_counts"] == {"bonafide": 6, "spoof": 10}
+    assert meta["pos_weight"] == pytest.approx(10 / 6)
+    assert meta["stage1_weights_sha256"] == linear.file_sha256(run / "stage1/best/model.safetensors")
+    thr = json.loads((s2 / "threshold.json").read_text())
+    assert thr["threshold"] == meta["threshold"] and 0.0 <= thr["dev_eer"] <= 1.0
+    log = [json.loads(x) for x in (s2 / "log.jsonl").read_text().splitlines()]
+    assert min(r["dev_eer"] for r in log) == thr["dev_eer"]
+    assert (run / "export" / "config.json").is_file()
+    assert "train_shards: " + str(sets["train"]) in (s2 / "config.yaml").read_text()
+
+
+def test_stage2_reuses_cache(stage2_run, capsys):
+    run, _ = stage2_run
+    before = (run / "stage2/embeddings/train.safetensors").stat().st_mtime_ns
+    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS, "--run.export", "false"]) == 0
+    assert "cached embeddings" in capsys.readouterr().out
+    assert (run / "stage2/embeddings/train.safetensors").stat().st_mtime_ns == before
+
+
+def test_stage2_mismatch_with_stage1_is_detected(stage2_run, tmp_path):
+    import shutil
+
+    run, sets = stage2_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    load_stage2(copy)  # intact: fine
+    make_stage1_run(copy, sets["train"], sets["dev"], seed=1)  # new Stage 1 weights
+    with pytest.raises(RunMismatchError, match="does not match its Stage 1"):
+        load_stage2(copy)
+
+
+def test_stage2_clear_errors(tmp_path, capsys):
+    assert stage2_main(["--run.dir", str(tmp_path / "nothing")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert stage2_main([]) == 2
+    assert "run.dir is required" in capsys.readouterr().err
