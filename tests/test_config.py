@@ -1,0 +1,184 @@
+"""sccl.config: typed nested configs from YAML/JSON files plus command-line overrides."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+import yaml
+
+from sccl.config import (
+    ConfigError,
+    RunConfig,
+    config_help,
+    field_docs,
+    format_config,
+    load_config,
+    parse_config,
+    resolve_key,
+    save_config,
+    to_dict,
+)
+
+
+@dataclass
+class Inner:
+    """A test section."""
+
+    lr: float = 1e-3
+    """Learning rate."""
+    steps: int = 10  # optimizer steps
+    name: str = "x"
+    # how similarities are computed
+    mode: Literal["cosine", "angular"] = "cosine"
+    flag: bool = False
+    maybe: int | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+@dataclass
+class Other:
+    seed: int = 1
+    path: str = ""
+
+
+@dataclass
+class Top:
+    inner: Inner = field(default_factory=Inner)
+    other: Other = field(default_factory=Other)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def write(tmp_path, text: str, name: str = "c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_arguments():
+    cfg = parse_config(Top, [])
+    assert cfg == Top()
+    assert cfg.inner.lr == 1e-3 and cfg.run.resume == "auto"
+
+
+def test_file_then_overrides_in_all_spellings(tmp_path):
+    path = write(tmp_path, "inner:\n  lr: 1e-4\n  steps: 5\nother:\n  path: a\n")
+    cfg = parse_config(Top, ["--config", path, "--inner.steps", "7", "--name=abc",
+                             "--inner.flag", "--other.seed=-3", "--tags", "a,b",
+                             "--maybe", "none", "--run.max-steps", "4"])
+    assert cfg.inner.lr == pytest.approx(1e-4)  # YAML 1.1 reads 1e-4 as a string
+    assert cfg.inner.steps == 7 and cfg.inner.name == "abc" and cfg.inner.flag is True
+    assert cfg.other.seed == -3 and cfg.other.path == "a" and cfg.inner.tags == ["a", "b"]
+    assert cfg.inner.maybe is None and cfg.run.max_steps == 4
+    cfg = parse_config(Top, ["--inner.flag", "false", "--maybe", "3", "--mode", "angular"])
+    assert cfg.inner.flag is False and cfg.inner.maybe == 3 and cfg.inner.mode == "angular"
+
+
+def test_json_file(tmp_path):
+    path = write(tmp_path, json.dumps({"inner": {"steps": 3, "flag": True}}), "c.json")
+    assert parse_config(Top, ["--config", path]).inner.steps == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--inner.lrr", "1"], "did you mean '--inner.lr'"),
+        (["--temperatur", "1"], "unknown option --temperatur"),
+        (["--inner", "1"], "is a section"),
+        (["--seed", "1"], "ambiguous"),  # other.seed and run.seed
+        (["--inner.flag", "yes"], "--inner.flag: expected a boolean"),
+        (["--inner.flag", "1"], "expected a boolean"),
+        (["--inner.steps", "1.5"], "--inner.steps: expected an integer"),
+        (["--inner.lr", "fast"], "--inner.lr: expected a number"),
+        (["--inner.mode", "dot"], "must be one of ['cosine', 'angular']"),
+        (["--inner.steps"], "needs a value"),
+        (["--inner.steps", "-2"], "steps must be >= 0"),
+        (["stray"], "unexpected argument 'stray'"),
+        (["--config"], "--config needs a file path"),
+        (["--config", "/nonexistent/c.yaml"], "does not exist"),
+    ],
+)
+def test_command_line_errors_name_the_key(argv, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_config(Top, argv)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("inner:\n  lr: 1\n  stpes: 3\n", "c.yaml:3: inner.stpes: unknown key; did you mean 'inner.steps'"),
+        ("inner:\n  flag: 'true'\n", "c.yaml:2: inner.flag: expected a boolean"),
+        ("inner:\n  steps: 2.0\n", "inner.steps: expected an integer"),
+        ("inner:\n  name: 2019\n", "expected a string"),
+        ("inner:\n  mode: dot\n", "must be one of"),
+        ("inner: 3\n", "inner: expected a mapping"),
+        ("bogus: {}\n", "bogus: unknown key"),
+        ("inner:\n  tags: a\n", "expected a list"),
+        ("- a\n- b\n", "top level must be a mapping"),
+        ("inner: [unclosed\n", "cannot parse"),
+        ("run:\n  log_every: 0\n", "run: log_every"),
+    ],
+)
+def test_file_errors_name_file_line_and_key(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        parse_config(Top, ["--config", path])
+    assert needle in str(err.value)
+
+
+def test_override_replaces_a_bad_file_value_and_unknown_extension(tmp_path):
+    path = write(tmp_path, "inner:\n  steps: lots\n")
+    assert parse_config(Top, ["--config", path, "--inner.steps", "2"]).inner.steps == 2
+    with pytest.raises(ConfigError, match="use a .yaml"):
+        parse_config(Top, ["--config", write(tmp_path, "", "c.toml")])
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = parse_config(Top, ["--inner.lr", "0.5", "--tags", "p,q", "--maybe", "4"])
+    save_config(cfg, tmp_path / "out.yaml", header="git abc\nline two")
+    text = (tmp_path / "out.yaml").read_text()
+    assert text.startswith("# git abc\n# line two\n")
+    assert load_config(Top, tmp_path / "out.yaml") == cfg
+    save_config(cfg, tmp_path / "out.json")
+    assert load_config(Top, tmp_path / "out.json") == cfg
+    assert yaml.safe_load(format_config(cfg)) == to_dict(cfg)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_help_lists_keys_types_defaults_and_docs(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(Top, ["--help"], prog="prog")
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: prog" in out
+    assert "--inner.lr float (default 0.001)" in out and "Learning rate." in out
+    assert "--inner.mode {cosine,angular}" in out and "how similarities are computed" in out
+    assert "--run.mixed_precision {no,fp16,bf16} | null (default None)" in out
+    assert field_docs(Inner)["steps"] == "optimizer steps"
+    assert "--run.dir str" in config_help(Top)
+
+
+def test_resolve_key_prefers_exact_and_unique_names():
+    assert resolve_key(Top, "inner.lr") == "inner.lr"
+    assert resolve_key(Top, "lr") == "inner.lr"
+    assert resolve_key(Top, "keep-checkpoints") == "run.keep_checkpoints"
+
+
+def test_shipped_stage1_configs_load():
+    from pathlib import Path
+
+    from sccl.train_supcon import TrainConfig
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "sccl" / "configs").glob("*stage1*.yaml"))
+    if not shipped:
+        pytest.skip("no Stage 1 config shipped in sccl/configs")
+    for path in shipped:
+        cfg = parse_config(TrainConfig, ["--config", str(path), "--run.dir", "x"])
+        assert cfg.run.dir == "x" and cfg.model.encoder

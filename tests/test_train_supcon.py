@@ -1,0 +1,233 @@
+"""End-to-end Stage 1 runs on the tiny synthetic corpus (CPU, tiny encoder, 1 s crops).
+
+Every run is a subprocess, as a user would start it: `python -m sccl.train_supcon` for one
+process, `accelerate launch` (gloo) for two, and DeepSpeed ZeRO-2 on two CPU processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sccl.config import load_config
+from sccl.model import SupConModel
+from sccl.train_supcon import TrainConfig, main
+from tests.corpus import la19_shards
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+       "TOKENIZERS_PARALLELISM": "false"}
+ENV.pop("ACCELERATE_USE_CPU", None)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    return la19_shards(tmp_path_factory.mktemp("la19"))
+
+
+def tiny_config(tmp_path: Path, corpus: dict, **sections) -> str:
+    """A YAML config for the tiny preset (4 bona fide + 6 spoof train samples)."""
+    cfg = {
+        "data": {"train_shards": str(corpus["train"]), "dev_shards": str(corpus["dev"]),
+                 "crop_seconds": 1.0, "batch_size": 4, "num_workers": 0, "shuffle_buffer": 16},
+        "model": {"encoder": "tiny", "proj_dim": 32},
+        "optim": {"epochs": 2, "encoder_lr": 3e-4, "head_lr": 3e-3},
+        "run": {"log_every": 1, "progress": False, "tensorboard": False},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.json')))}.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def command(config: str, run_dir: Path, *args: str, launch: str | None = None) -> list[str]:
+    train = ["--config", config, "--run.dir", str(run_dir), *args]
+    if launch is None:
+        return [sys.executable, "-m", "sccl.train_supcon", *train]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO / "launch" / launch), "--num_processes", "2", "--main_process_port",
+            free_port(), str(REPO / "sccl" / "train_supcon.py"), *train]
+
+
+def run(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+
+def log_lines(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training step records, epoch records) of a run's log.jsonl."""
+    lines = [json.loads(x) for x in (run_dir / "stage1" / "log.jsonl").read_text().splitlines()]
+    return [x for x in lines if "event" not in x], [x for x in lines if x.get("event") == "epoch"]
+
+
+def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "stage1" / which / "model.safetensors")
+
+
+def test_loss_goes_down_on_one_process(corpus, tmp_path):
+    # The dev loss is measured on the training shards (deterministic head crops), so it
+    # tracks how well the model fits its data: it must fall epoch after epoch.
+    cfg = tiny_config(tmp_path, corpus, data={"dev_shards": str(corpus["train"]),
+                                              "batch_size": 8, "train_crop": "head"},
+                      optim={"epochs": 8, "patience": 0}, run={"tensorboard": True})
+    run_dir = tmp_path / "run"
+    proc = run(command(cfg, run_dir))
+    check_ok(proc)
+    steps, epochs = log_lines(run_dir)
+    dev = [e["dev_loss"] for e in epochs]
+    assert len(dev) == 8 and dev[-1] < dev[0] - 0.02 and dev[-1] == min(dev), dev
+    assert [s["global_step"] for s in steps] == list(range(1, 9))
+    first = steps[0]
+    assert {"loss", "lr", "queue_fill", "samples_per_s", "epoch", "world_size"} <= set(first)
+    assert first["lr"] == {"encoder": 3e-4, "head": 3e-3} and first["world_size"] == 1
+    stage = run_dir / "stage1"
+    assert json.loads((stage / "best" / "info.json").read_text())["epoch"] == 8
+    model = SupConModel.from_pretrained(stage / "best")  # Stage 2's way in
+    assert model.cfg.proj_dim == 32
+    saved = load_config(TrainConfig, stage / "config.yaml")  # resolved config, reloadable
+    assert saved.optim.epochs == 8 and saved.data.batch_size == 8
+    assert (stage / "config.yaml").read_text().startswith("# sccl Stage 1 config; git ")
+    assert json.loads((stage / "run_info.json").read_text())["world_size"] == 1
+    assert list((stage / "tb").rglob("events.out.tfevents.*"))
+    assert [p.name for p in sorted((stage / "checkpoints").iterdir())] == [
+        "step-00000007", "step-00000008"]  # keep_checkpoints = 2
+    assert "git " in proc.stdout and "loss:" in proc.stdout  # config printed once
+    # A finished run asked to resume does nothing.
+    again = run(command(cfg, run_dir))
+    check_ok(again)
+    assert "already finished" in again.stdout
+
+
+@pytest.mark.dist
+def test_two_processes_queue_and_resume_after_sigterm(corpus, tmp_path):
+    # 2 ranks x 2 rows, gathered-batch contrast and a global queue from the first step.
+    cfg = tiny_config(tmp_path, corpus, loss={"queue_size": 12, "gather_batch": True},
+                      run={"rank_checksums": True})
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    proc = run(command(cfg, full, launch="cpu_2proc.yaml"))
+    check_ok(proc)
+    steps, epochs = log_lines(full)
+    assert [s["global_step"] for s in steps] == [1, 2, 3, 4] and len(epochs) == 2
+    assert all(s["world_size"] == 2 for s in steps)
+    assert [s["queue_fill"] for s in steps] == [4, 8, 12, 12]  # 4 gathered rows per step
+    for s in steps:  # every rank holds the same queue, and DDP keeps the weights equal
+        assert s["queue_checksums"][0] == s["queue_checksums"][1], s
+        assert s["weight_checksums"][0] == s["weight_checksums"][1], s
+    assert len({s["queue_checksums"][0] for s in steps}) == 4
+
+    # Rank 0 alone gets SIGTERM after step 3 (mid epoch 2): both ranks checkpoint and exit 0.
+    stopped = run(command(cfg, cut, "--run.stop_after_steps", "3", launch="cpu_2proc.yaml"))
+    check_ok(stopped)
+    assert "stopped by a signal at step 3" in stopped.stdout
+    ckpts = sorted(p.name for p in (cut / "stage1" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000002", "step-00000003"]
+    state = json.loads((cut / "stage1/checkpoints/step-00000003/trainer_state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"], state["finished"]) == (2, 1, False)
+
+    resumed = run(command(cfg, cut, launch="cpu_2proc.yaml"))  # the same command again
+    check_ok(resumed)
+    assert "resuming from" in resumed.stdout
+    steps_cut, _ = log_lines(cut)
+    assert [s["global_step"] for s in steps_cut] == [1, 2, 3, 4]
+    assert [s["queue_checksums"] for s in steps_cut] == [s["queue_checksums"] for s in steps]
+    assert [s["loss"] for s in steps_cut] == pytest.approx([s["loss"] for s in steps], abs=1e-6)
+    a, b = weights(full), weights(cut)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.dist
+def test_deepspeed_zero2_on_two_cpu_processes(corpus, tmp_path):
+    # The first DeepSpeed run on a machine JIT-compiles its shared-memory comm op (minutes).
+    pytest.importorskip("deepspeed")
+    cfg = tiny_config(tmp_path, corpus, data={"dev_shards": str(corpus["train"]),
+                                              "batch_size": 8, "train_crop": "head"},
+                      optim={"epochs": 4, "patience": 0, "grad_clip": 1.0, "encoder_lr": 1e-3,
+                             "head_lr": 1e-2},
+                      loss={"gather_batch": True}, run={"rank_checksums": True})
+    run_dir = tmp_path / "ds"
+    proc = run(command(cfg, run_dir, launch="deepspeed_zero2.yaml"), timeout=300)
+    check_ok(proc)
+    info = json.loads((run_dir / "stage1" / "run_info.json").read_text())
+    assert info["distributed_type"] == "DistributedType.DEEPSPEED" and info["world_size"] == 2
+    steps, epochs = log_lines(run_dir)
+    assert len(steps) == 4 and all(s["world_size"] == 2 for s in steps)
+    assert all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
+    assert all(0 < s["grad_norm"] for s in steps)  # DeepSpeed's own global norm
+    assert all(len(set(s["weight_checksums"])) == 1 for s in steps)  # replicas stay equal
+    assert len({s["weight_checksums"][0] for s in steps}) == 4  # and they do train
+    dev = [e["dev_loss"] for e in epochs]
+    assert dev[-1] < dev[0] - 0.01, dev
+    ckpt = run_dir / "stage1" / "checkpoints" / "step-00000004"
+    assert list(ckpt.rglob("*optim_states.pt"))  # a real (ZeRO-sharded) DeepSpeed checkpoint
+    assert SupConModel.from_pretrained(run_dir / "stage1" / "last").cfg.encoder == "tiny"
+
+
+def test_nonfinite_losses_stop_with_checkpoint_intact(corpus, tmp_path):
+    cfg = tiny_config(tmp_path, corpus)
+    run_dir = tmp_path / "nan"
+    check_ok(run(command(cfg, run_dir, "--run.stop_after_steps", "1")))
+    ckpt = run_dir / "stage1" / "checkpoints" / "step-00000001"
+    before = (ckpt / "trainer_state.json").read_text()
+    # An absurd temperature turns every loss into NaN: steps are skipped, then the run stops.
+    proc = run(command(cfg, run_dir, "--loss.temperature", "1e-40",
+                       "--run.max_consecutive_nonfinite", "2"))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "2 consecutive steps" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert [p.name for p in (run_dir / "stage1" / "checkpoints").iterdir()] == [ckpt.name]
+    assert (ckpt / "trainer_state.json").read_text() == before
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """main() runs in this process here: forget Accelerate's process-wide state afterwards."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--loss.temprature", "0.1"], "did you mean '--loss.temperature'"),
+        (["--optim.epochs", "two"], "--optim.epochs: expected an integer"),
+        (["--run.dir", ""], "run.dir is required"),
+        (["--data.train_shards", "{empty}"], "manifest.json is missing"),
+        (["--model.encoder", "{tmp}/no_such_model"], "could not load encoder"),
+    ],
+    ids=["unknown key", "bad type", "no run dir", "empty shard dir", "missing model"],
+)
+def test_bad_input_exits_2_with_one_line(corpus, tmp_path, capsys, fresh_accelerate_state,
+                                         args, needle):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty", tmp=tmp_path) for a in args]
+    cfg = tiny_config(tmp_path, corpus)
+    assert main(["--config", cfg, "--run.dir", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], err
+    assert "Traceback" not in err
