@@ -8,6 +8,8 @@ Measures samples per CPU-second of one thread, all in the main process (num_work
   crop only         sccl.audio.random_crop on the same bytes (decode + crop, no pipeline)
   pipeline          sccl.data.build_train_loader over the shards: tar reading, shuffle
                     buffers, decode + random crop, collate (goal: >= 80 % of raw decode)
+  tar reading       the shards' samples (bytes, not decoded) through webdataset's
+                    tariterators, and through sccl.data_tar (what the pipeline uses)
   file per sample   the usual Dataset: soundfile.read(path) of one FLAC file per sample,
                     crop in numpy, stack
   RawBoost          sccl.rawboost on (16, crop) batches in float32, p = 1 and p = 0.7
@@ -28,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import webdataset as wds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sccl import audio  # noqa: E402
+from sccl import audio, data_tar  # noqa: E402
 from sccl.data import DataConfig, build_train_loader  # noqa: E402
 from sccl.data_shards import iter_shard, load_shard_set  # noqa: E402
 from sccl.rawboost import RawBoost, RawBoostConfig  # noqa: E402
@@ -89,6 +92,20 @@ def _file_per_sample(paths, length, rng, batch=16):
         torch.from_numpy(np.stack(rows))
 
 
+def _tar_webdataset(paths):
+    for p in paths:
+        with open(p, "rb", buffering=1 << 20) as stream:
+            files = wds.tariterators.tar_file_expander([{"url": p, "stream": stream}])
+            for _ in wds.tariterators.group_by_keys(files):
+                pass
+
+
+def _tar_lean(paths):
+    for p in paths:
+        for _ in data_tar.iter_samples(p):
+            pass
+
+
 def _pipeline(shard_dir, sr, crop_seconds, batch) -> int:
     cfg = DataConfig(train_shards=shard_dir, sample_rate=sr, crop_seconds=crop_seconds,
                      batch_size=batch, num_workers=0, shuffle_buffer=1000)
@@ -143,6 +160,11 @@ def main() -> None:
             ("pipeline (build_train_loader, 0 workers)", n_pipe,
              lambda: _pipeline(shard_dir, sr, args.crop_seconds, args.batch)),
         ]
+        tars = [sh.path for sh in load_shard_set(shard_dir).shards]
+        jobs += [("tar reading only (webdataset tariterators)", len(blobs),
+                  lambda: _tar_webdataset(tars)),
+                 ("tar reading only (sccl.data_tar, used by the pipeline)", len(blobs),
+                  lambda: _tar_lean(tars))]
         if paths:
             jobs.append(("one FLAC file per sample (sf.read + numpy crop)", len(paths),
                          lambda: _file_per_sample(paths, length, rng)))

@@ -110,6 +110,33 @@ def _window(f: sf.SoundFile, sample_rate: int, offset: int, length: int) -> torc
     return y[offset - t0 : min(offset + length, total) - t0]
 
 
+# soundfile's cffi binding of libsndfile (module-private names, present since soundfile 0.10);
+# (None, None) if a future soundfile drops them: _read_into then uses SoundFile.read.
+_LIBSNDFILE = getattr(sf, "_snd", None), getattr(sf, "_ffi", None)
+
+
+def _read_into(f: sf.SoundFile, buf: np.ndarray) -> int:
+    """Read up to len(buf) frames of a mono file, from its position, into `buf` -> frames read.
+
+    SoundFile.read() ends every read with a seek to the position it has reached, which
+    libsndfile turns into a real FLAC seek (a search plus a frame decode: ~70 us, some 7 % of
+    decoding a 4 s crop). A crop is its file's last read, so this makes the same libsndfile
+    call, sf_readf_float, without that seek; same samples, same errors
+    (tests/test_data_fastpath.py). Buffers it cannot fill directly go through read().
+    """
+    snd, ffi = _LIBSNDFILE
+    handle = getattr(f, "_file", None)
+    if snd is None or ffi is None or handle is None or buf.dtype != np.float32 \
+            or buf.ndim != 1 or not buf.flags.c_contiguous:
+        return len(f.read(dtype="float32", out=buf))
+    n = snd.sf_readf_float(handle, ffi.from_buffer("float[]", buf, require_writable=True),
+                           len(buf))
+    err = snd.sf_error(handle)
+    if err:
+        raise sf.LibsndfileError(err)
+    return n
+
+
 def crop_into(data: bytes, out: torch.Tensor, *, sample_rate: int, u: float | None) -> int:
     """Decode a crop of len(out) samples straight into `out` (1-D float32 CPU), zero-padded.
 
@@ -129,16 +156,18 @@ def crop_into(data: bytes, out: torch.Tensor, *, sample_rate: int, u: float | No
             try:
                 if offset:
                     f.seek(offset)
-                n = len(f.read(dtype="float32", out=buf))
+                n = _read_into(f, buf)
             except Exception as err:
                 raise AudioDecodeError(f"cannot decode audio: {err}") from None
             if f.subtype in _FLOAT_SUBTYPES and not np.isfinite(buf[:n]).all():
                 raise AudioDecodeError("decoded audio contains NaN or Inf")
+            if n < length:
+                buf[n:] = 0.0  # numpy: a few us less than torch's slice fill, per row
         else:
             wave = _window(f, sample_rate, offset, length)
             n = min(wave.shape[0], length)
             out[:n] = wave[:n]
-    out[n:] = 0.0
+            out[n:] = 0.0
     return n
 
 
@@ -161,6 +190,16 @@ def head_crop(data: bytes, *, sample_rate: int, length: int | None) -> tuple[tor
     return out, crop_into(data, out, sample_rate=sample_rate, u=None)
 
 
+def length_mask(lengths: list[int], length: int) -> torch.Tensor:
+    """Attention mask (B, length) bool: row i True on its first lengths[i] samples."""
+    # Filled in numpy: torch's broadcast compare and slice fills are ~10x slower on one core.
+    mask = np.ones((len(lengths), length), dtype=bool)
+    for i, n in enumerate(lengths):
+        if n < length:
+            mask[i, max(n, 0):] = False
+    return torch.from_numpy(mask)
+
+
 def collate(
     waves: list[torch.Tensor], lengths: list[int] | None = None, *, length: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,15 +216,12 @@ def collate(
     if len(lengths) != len(waves):
         raise ValueError(f"{len(waves)} waves but {len(lengths)} lengths")
     T = length if length is not None else max(w.shape[0] for w in waves)
-    mask = torch.zeros(len(waves), T, dtype=torch.bool)
     if all(w.shape[0] == T for w in waves):  # e.g. fixed-length crops: one copy, in C
-        for i, n in enumerate(lengths):
-            mask[i, : min(n, T)] = True
-        return torch.stack(waves).float(), mask
+        return torch.stack(waves).float(), length_mask(lengths, T)
     out = torch.empty(len(waves), T, dtype=torch.float32)  # every element written once below
     for i, (w, n) in enumerate(zip(waves, lengths, strict=True)):
         n = min(n, w.shape[0], T)
         out[i, :n] = w[:n]
         out[i, n:] = 0.0
-        mask[i, :n] = True
-    return out, mask
+    return out, length_mask([min(n, w.shape[0]) for n, w in zip(lengths, waves, strict=True)],
+                            T)

@@ -135,9 +135,14 @@ class _Accounting:
 def _data_loader(dataset, num_workers: int) -> torch.utils.data.DataLoader:
     # batch_size=None: the dataset yields whole batches. in_order=True (the default) keeps the
     # round-robin worker order that the plans rely on.
+    # collate_fn: batches are already tensors; the default would walk every list in them.
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=num_workers, in_order=True,
+        dataset, batch_size=None, num_workers=num_workers, in_order=True, collate_fn=_as_is,
         prefetch_factor=2 if num_workers else None, persistent_workers=False)
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
 
 
 class TrainLoader(_Accounting):

@@ -3,7 +3,7 @@
 A shard directory (format in the team contract, written by `sccl-shards build`) holds
 `manifest.json` and tar shards. Everything sccl.data needs to plan an epoch comes from the
 manifest (per-shard sample counts and labels), so every rank plans the same epoch without
-reading any audio. Tars are read with webdataset's tar iterators.
+reading any audio. Tars are read as webdataset groups them (sccl.data_tar).
 
 Position model: the shards of one label group, concatenated in a seeded per-pass order and the
 passes repeated, form an infinite sequence of samples. A loader slot (one rank's one worker)
@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import webdataset as wds
+
+from sccl.data_tar import iter_samples
 
 LABELS = ("bonafide", "spoof")
 AUDIO_EXTS = ("flac", "wav")
@@ -149,22 +150,21 @@ def _check_counts(path: str, shards: list[Shard], counts: dict[str, int], split:
 def iter_shard(shard: Shard, first: int = 0, stop: int | None = None) -> Iterator[tuple[int, Item]]:
     """Yield (index, Item) for samples first <= index < stop of one tar, in tar order.
 
-    Samples before `first` are read past (I/O only). A tar that cannot be read further ends the
-    iteration with one Item whose `error` says why (index = the first sample not read).
+    Samples before `first` are passed over without reading their data. A tar that cannot be
+    read further ends the iteration with one Item whose `error` says why (index = the first
+    sample not read).
     """
     name = os.path.basename(shard.path)
     i = 0
     try:
-        with open(shard.path, "rb", buffering=1 << 20) as stream:  # large reads: fewer syscalls
-            files = wds.tariterators.tar_file_expander([{"url": shard.path, "stream": stream}])
-            for sample in wds.tariterators.group_by_keys(files):
-                if stop is not None and i >= stop:
-                    return
-                if i >= first:
-                    item = _to_item(sample, name)
-                    item.group = shard.label
-                    yield i, item
-                i += 1
+        for sample in iter_samples(shard.path, first):
+            if stop is not None and i >= stop:
+                return
+            if sample is not None:  # None: a sample before `first`, not read
+                item = _to_item(sample, name)
+                item.group = shard.label
+                yield i, item
+            i += 1
     except Exception as err:  # truncated/corrupt tar: report, never crash the epoch
         yield i, Item(f"{name}#{i}", name, error=f"tar read error: {type(err).__name__}: {err}",
                       truncated=True)
