@@ -195,6 +195,11 @@ class SupConModel(nn.Module):
             _enable_checkpointing(self.encoder)
         if cfg.freeze_feature_encoder:
             self.encoder.freeze_feature_encoder()
+        spec = getattr(self.encoder, "masked_spec_embed", None)
+        if spec is not None and cfg.mask_time_prob == 0:
+            # transformers creates it when either mask probability is > 0 but only time
+            # masking uses it: an unused trainable parameter breaks DDP's gradient reduction.
+            spec.requires_grad_(False)
 
     def forward(self, wave: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """wave float (B, T), attention_mask (B, T) 1 = real sample, right padding -> z fp32 (B, P)."""

@@ -118,6 +118,16 @@ def run_info(accelerator, revision: str) -> dict[str, Any]:
     }
 
 
+def _logged_step(line: str, unreadable: int) -> int:
+    """The global_step of one log line; ``unreadable`` for a line that is not a JSON object
+    (a process killed mid-write leaves a partial last line)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return unreadable
+    return record.get("global_step", 0) if isinstance(record, dict) else unreadable
+
+
 class JsonlLogger:
     """Appends one JSON object per line to ``path`` (main process only; others no-op).
 
@@ -128,7 +138,7 @@ class JsonlLogger:
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("global_step", 0) <= resume_step]
+                    if _logged_step(line, resume_step + 1) <= resume_step]
             from shards.atomic import atomic_write_text
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 

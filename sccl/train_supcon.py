@@ -153,6 +153,11 @@ def train(cfg: TrainConfig) -> int:
     accelerator = rt.build_accelerator(cfg.run.mixed_precision, cfg.optim.grad_accum_steps,
                                        paths.dir, cfg.run.tensorboard)
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and cfg.optim.grad_accum_steps > 1:
+        # DeepSpeed steps inside backward() on the last micro-batch and owns the gradient
+        # buffers, so a NaN/inf micro-batch could not be dropped from its window.
+        raise ConfigError("optim.grad_accum_steps > 1 is not supported under DeepSpeed: "
+                          "raise data.batch_size or use DDP (launch/multi_gpu.yaml)")
     if cfg.data.batch_size % world:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the global batch: it must "
                           f"be divisible by the number of processes ({world})")
@@ -222,20 +227,23 @@ class Run:
     logger: rt.JsonlLogger
     stop: rt.StopSignal = field(default_factory=rt.StopSignal)
     meter: rt.StepMeter = field(default_factory=rt.StepMeter)
+    # gathered (z, labels) of this accumulation window, enqueued after its optimizer step
+    pending: list = field(default_factory=list)
 
-    def save(self, exports: tuple = (), info: dict | None = None) -> None:
+    def save(self, exports: tuple = (), info: dict | None = None) -> bool:
         """Export the weights to each path in ``exports``, then checkpoint. Never writes
         non-finite weights, and no checkpoint right after a skipped (NaN/inf) step: the
-        newest checkpoint is always one taken after a good step."""
+        newest checkpoint is always one taken after a good step. True if one was written."""
         rt.check_finite_weights(self.model, self.accelerator.device, self.state)
         for path in exports:
             rt.export_weights(self.accelerator, self.model, path, info)
         if self.state.nonfinite_consecutive:
             self.accelerator.print("warning: no checkpoint after a skipped non-finite step")
-            return
+            return False
         queue_state = self.queue.state_dict() if self.queue.size else None
         rt.save_checkpoint(self.accelerator, self.paths.checkpoints, self.state, queue_state,
                            self.cfg.run.keep_checkpoints)
+        return True
 
 
 def train_epoch(r: Run, epoch: int) -> bool:
@@ -277,8 +285,8 @@ def train_micro_batch(r: Run, batch: dict, active: bool) -> bool | None:
         finite = math.isfinite(value)  # a global value: every rank takes the same branch
         if finite:  # no backward for a NaN/inf loss, so the gradients stay clean
             acc.backward(loss)
-            if active:  # after backward: the queue views used by this forward are done
-                r.queue.enqueue(dist.all_gather_no_grad(z), dist.all_gather_no_grad(labels))
+            if active:  # every micro-batch of a window reads the queue as it was at its start
+                r.pending.append((dist.all_gather_no_grad(z), dist.all_gather_no_grad(labels)))
         r.meter.add(value if finite else None, len(labels) * world)
         r.state.samples_seen += len(labels) * world
         if not acc.sync_gradients:
@@ -293,8 +301,14 @@ def train_micro_batch(r: Run, batch: dict, active: bool) -> bool | None:
         step_ok = r.meter.end_window(grad_norm, r.optimizer) and norm_ok
         if step_ok:
             r.optimizer.step()
+            # fp16: an overflow makes the grad scaler skip the update; count it as skipped
+            step_ok = not (acc.scaler is not None and r.optimizer.step_was_skipped)
+        if step_ok:
             if r.scheduler is not None:
                 r.scheduler.step()
+            for queued in r.pending:  # after the step, in micro-batch order, on every rank
+                r.queue.enqueue(*queued)
+        r.pending.clear()  # a skipped window's embeddings never reach the queue
         r.optimizer.zero_grad(set_to_none=True)
         return step_ok
 
@@ -317,13 +331,18 @@ def after_step(r: Run, step_ok: bool, active: bool, bar) -> bool:
     preempted = r.stop.agreed(acc.device)
     done = 0 < cfg.run.max_steps <= state.global_step
     every = cfg.run.save_every_steps
+    saved = False
     if preempted or done or (step_ok and every and state.global_step % every == 0):
         state.finished = done
-        r.save((r.paths.last,) if done else (), rt.weights_info(state, None, state.epoch))
+        # Stage 2 reads best/: a run that ends before its first dev evaluation exports it too
+        exports = () if not done else (
+            (r.paths.last,) if state.best_epoch else (r.paths.best, r.paths.last))
+        saved = r.save(exports, rt.weights_info(state, None, state.epoch))
     if done:
         acc.print(f"\nreached run.max_steps={cfg.run.max_steps}; last weights in {r.paths.last}")
     elif preempted:
-        acc.print(f"\nstopped by a signal at step {state.global_step}; checkpoint saved, "
+        where = "checkpoint saved" if saved else "no new checkpoint (the last step was skipped)"
+        acc.print(f"\nstopped by a signal at step {state.global_step}; {where}; "
                   "rerun the same command to resume")
     return preempted or done
 

@@ -325,3 +325,14 @@ def test_bf16_weights_without_autocast():
     z = model.to(torch.bfloat16)(wave)
     assert z.dtype == torch.float32 and z.shape == ref.shape
     assert torch.nn.functional.cosine_similarity(z, ref).min() > 0.99
+
+
+def test_unused_spec_embed_is_frozen_for_ddp():
+    """Feature masking alone makes transformers create masked_spec_embed without using it; a
+    trainable unused parameter would stall DDP, so it is frozen (and left out of the groups)."""
+    model = SupConModel(ModelConfig(encoder="tiny", mask_feature_prob=0.1))
+    assert not model.encoder.masked_spec_embed.requires_grad
+    grouped = {id(p) for g in model.param_groups(1e-5, 1e-3, 0.0) for p in g["params"]}
+    assert id(model.encoder.masked_spec_embed) not in grouped
+    timed = SupConModel(ModelConfig(encoder="tiny", mask_time_prob=0.1))
+    assert timed.encoder.masked_spec_embed.requires_grad

@@ -49,6 +49,11 @@ def test_jsonl_logger_appends_and_drops_lines_after_the_resumed_step(tmp_path):
     rt.JsonlLogger(path, enabled=True, resume_step=2).log({"global_step": 3, "loss": 0.5})
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["global_step"] for x in lines] == [1, 2, 3] and lines[-1]["loss"] == 0.5
+    # A process killed mid-write leaves a partial last line: resuming drops it.
+    with open(path, "a") as f:
+        f.write('{"global_step": 4, "lo')
+    rt.JsonlLogger(path, enabled=True, resume_step=3)
+    assert [json.loads(x)["global_step"] for x in path.read_text().splitlines()] == [1, 2, 3]
 
 
 def test_stop_signal_sets_the_flag_and_restores_handlers():

@@ -231,3 +231,32 @@ def test_bad_input_exits_2_with_one_line(corpus, tmp_path, capsys, fresh_acceler
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], err
     assert "Traceback" not in err
+
+
+def test_queue_gets_a_window_only_after_its_optimizer_step(fresh_accelerate_state):
+    """With gradient accumulation, micro-batches of one window all read the queue as it was
+    at the window's start; the window is enqueued after its optimizer step, and a window
+    skipped for a NaN/inf loss never reaches the queue."""
+    from accelerate import Accelerator
+
+    from sccl import runtime as rt
+    from sccl.model import ModelConfig
+    from sccl.queue import EmbeddingQueue
+    from sccl.train_supcon import Run, train_micro_batch
+
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    torch.manual_seed(0)
+    model = SupConModel(ModelConfig(encoder="tiny", proj_dim=8, head_dropout=0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = acc.prepare(model, optimizer)
+    cfg = TrainConfig()
+    queue = EmbeddingQueue(32, 8)
+    r = Run(cfg, acc, model, optimizer, None, queue, rt.TrainerState(), None, None)
+    batch = {"wave": torch.randn(4, 8000), "attention_mask": torch.ones(4, 8000, dtype=torch.bool),
+             "label": torch.tensor([1, 1, 0, 0])}
+    assert train_micro_batch(r, batch, True) is None and len(queue) == 0  # inside the window
+    assert train_micro_batch(r, batch, True) is True and len(queue) == 8  # after the step
+    bad = {**batch, "wave": torch.full((4, 8000), float("nan"))}
+    assert train_micro_batch(r, batch, True) is None and len(queue) == 8
+    assert train_micro_batch(r, bad, True) is False and len(queue) == 8  # window dropped
+    assert r.pending == []
