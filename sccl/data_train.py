@@ -190,8 +190,7 @@ def make_batch(plan: TrainPlan, j: int, streams: dict[str, _Stream]) -> dict:
     rows, corrupt = [None] * B, []
     for i, lab in enumerate(labels):
         rows[where[i]] = _row(plan, streams[lab], float(u[i]), wave[where[i]], corrupt)
-    lengths = torch.tensor([r[0] for r in rows])
-    mask = torch.arange(plan.crop_len).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+    mask = audio.length_mask([r[0] for r in rows], plan.crop_len)  # (B, T)
     if plan.rawboost is not None:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         wave = RawBoost(plan.rawboost).apply(wave, mask, gen)
