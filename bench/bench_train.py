@@ -34,6 +34,7 @@ def run_once(shards: dict, queue: int, args: argparse.Namespace, out: Path) -> d
            "--data.train_shards", str(shards["train"]), "--data.dev_shards", "",
            "--data.batch_size", str(args.batch_size), "--data.crop_seconds", str(args.crop_seconds),
            "--data.num_workers", str(args.num_workers), "--model.encoder", "tiny",
+           "--data.rawboost", "false", "--data.train_crop", "random",
            "--loss.queue_size", str(queue), "--run.max_steps", str(args.steps),
            "--run.log_every", str(args.log_every), "--run.tensorboard", "false",
            "--run.progress", "false", "--run.mixed_precision", "no"]

@@ -56,8 +56,8 @@ class DataConfig:
     """Development shard directory, for the balanced dev SupCon loss."""
     sample_rate: int = 16000
     """Every clip is resampled to this rate (Hz) if it differs."""
-    crop_seconds: float = 4.0
-    """Training crop length in seconds (REFERENCE uses 10 s; the tiny demo less)."""
+    crop_seconds: float = 10.0
+    """Training crop length in seconds (the study: 10 s = 160,000 samples, zero-padded)."""
     eval_seconds: float = 10.0
     """Evaluation keeps the first N seconds, zero-padded; 0 = whole utterances."""
     batch_size: int = 32
@@ -72,7 +72,7 @@ class DataConfig:
     same value as the interrupted run: batches depend on it."""
     shuffle_buffer: int = 1000
     """Shuffle buffer per label stream and worker, in samples (holds encoded bytes)."""
-    rawboost: bool = False
+    rawboost: bool = True
     """Apply RawBoost (sccl.rawboost, REFERENCE parameters) to training batches in the workers."""
     rawboost_p: float = 0.7
     """Probability that a training utterance is augmented by RawBoost."""
@@ -84,8 +84,8 @@ class DataConfig:
     seed: int = 42
     """Base seed: shard order, shuffle buffers, crops and RawBoost derive from (seed, epoch,
     rank, worker/batch)."""
-    train_crop: str = "random"
-    """Training crop: "random" window, or "head" = first crop_seconds (the study's code)."""
+    train_crop: str = "head"
+    """Training crop: "head" = first crop_seconds (the study's code), or a "random" window."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -48,7 +48,7 @@ def shard_dirs(tmp_path_factory):
 
 def _cfg(train="", **kw):
     base = dict(train_shards=train, batch_size=4, crop_seconds=CROP, num_workers=0,
-                shuffle_buffer=4, eval_seconds=0.1)
+                shuffle_buffer=4, eval_seconds=0.1, rawboost=False, train_crop="random")
     return DataConfig(**{**base, **kw})
 
 

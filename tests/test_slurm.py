@@ -235,7 +235,8 @@ def work(tmp_path_factory, cluster) -> dict:
     # anchor a positive (a real loss, so the weights really depend on the data order).
     cfg = {"data": {"train_shards": str(shards["train"]), "dev_shards": str(shards["dev"]),
                     "crop_seconds": 0.5, "eval_seconds": 0.5, "batch_size": 4,
-                    "num_workers": 0, "shuffle_buffer": 8},
+                    "num_workers": 0, "shuffle_buffer": 8, "rawboost": False,
+                    "train_crop": "random"},
            "model": {"encoder": "tiny", "proj_dim": 16},
            "optim": {"epochs": 3, "patience": 0},
            "loss": {"gather_batch": True},

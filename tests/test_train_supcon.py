@@ -38,7 +38,8 @@ def tiny_config(tmp_path: Path, corpus: dict, **sections) -> str:
     """A YAML config for the tiny preset (4 bona fide + 6 spoof train samples)."""
     cfg = {
         "data": {"train_shards": str(corpus["train"]), "dev_shards": str(corpus["dev"]),
-                 "crop_seconds": 1.0, "batch_size": 4, "num_workers": 0, "shuffle_buffer": 16},
+                 "crop_seconds": 1.0, "batch_size": 4, "num_workers": 0, "shuffle_buffer": 16,
+                 "rawboost": False, "train_crop": "random"},
         "model": {"encoder": "tiny", "proj_dim": 32},
         "optim": {"epochs": 2, "encoder_lr": 3e-4, "head_lr": 3e-3},
         "run": {"log_every": 1, "progress": False, "tensorboard": False},

@@ -24,7 +24,8 @@ def main() -> None:
     else:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cfg = DataConfig(train_shards=train_dir, batch_size=2 * world, crop_seconds=0.05,
-                     num_workers=2, shuffle_buffer=4, eval_seconds=0.05)
+                     num_workers=2, shuffle_buffer=4, eval_seconds=0.05, rawboost=False,
+                     train_crop="random")
     train = build_train_loader(cfg, rank=rank, world_size=world, epoch=0)
     train_ids = [b["utt_id"] for b in train]
     evl = build_eval_loader(eval_dir, cfg, rank=rank, world_size=world, batch_size=5)
