@@ -106,7 +106,9 @@ class TrainConfig:
 
 def supcon_forward(model, batch, queue, cfg: LossConfig, device):
     """Forward + loss on one micro-batch -> (loss to back-propagate, global mean loss as a
-    float, z (B, D), labels (B,)). The queue is read here, before it gets this batch."""
+    float, z (B, D) detached, labels (B,), and the batch of every rank (z, labels) when
+    gather_batch gathered it already, else None). The queue is read here, before it gets
+    this batch."""
     wave, mask = batch["wave"].to(device), batch["attention_mask"].to(device)
     labels = batch["label"].to(device)
     queue_z, queue_labels = queue.get() if queue is not None else (None, None)
@@ -120,7 +122,8 @@ def supcon_forward(model, batch, queue, cfg: LossConfig, device):
     # Mean over the valid anchors of all ranks, scaled so DDP's gradient averaging yields its
     # gradient; the logged value is the same number on every rank (so NaN is agreed too).
     loss, value = dist.global_valid_mean(per_anchor, valid)
-    return loss, float(value), z.detach(), labels
+    gathered = (contrast_z.detach(), contrast_labels) if cfg.gather_batch else None
+    return loss, float(value), z.detach(), labels, gathered
 
 
 @torch.no_grad()
@@ -280,13 +283,15 @@ def train_micro_batch(r: Run, batch: dict, active: bool) -> bool | None:
     whether the step was taken (False: skipped for a NaN/inf loss or gradient norm)."""
     acc, world = r.accelerator, r.accelerator.num_processes
     with acc.accumulate(r.model):
-        loss, value, z, labels = supcon_forward(r.model, batch, r.queue if active else None,
-                                                r.cfg.loss, acc.device)
+        loss, value, z, labels, gathered = supcon_forward(
+            r.model, batch, r.queue if active else None, r.cfg.loss, acc.device)
         finite = math.isfinite(value)  # a global value: every rank takes the same branch
         if finite:  # no backward for a NaN/inf loss, so the gradients stay clean
             acc.backward(loss)
             if active:  # every micro-batch of a window reads the queue as it was at its start
-                r.pending.append((dist.all_gather_no_grad(z), dist.all_gather_no_grad(labels)))
+                # the batch of every rank, in rank order (gather_batch gathered it already)
+                r.pending.append(gathered or (dist.all_gather_no_grad(z),
+                                              dist.all_gather_no_grad(labels)))
         r.meter.add(value if finite else None, len(labels) * world)
         r.state.samples_seen += len(labels) * world
         if not acc.sync_gradients:

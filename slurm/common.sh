@@ -242,6 +242,20 @@ sys.exit(0 if state.get("finished") is True else 1)
 PY
 }
 
+# Chain arguments -> arrays s1 (Stage 1), s2 (after --stage2-args), ev (after --eval-args).
+sccl_split_chain_args() {
+    # shellcheck disable=SC2034  # the arrays are read by the calling script
+    s1=() s2=() ev=()
+    local part=s1 a
+    for a in "$@"; do
+        case "$a" in
+        --stage2-args) part=s2 ;;
+        --eval-args) part=ev ;;
+        *) eval "$part+=(\"\$a\")" ;;
+        esac
+    done
+}
+
 sccl_require_files() {
     local what=$1 f
     shift

@@ -101,15 +101,7 @@ if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
 fi
 runs=$(realpath -m -- "$1")
 shift
-s1=() s2=() ev=()
-part=s1
-for a in "$@"; do
-    case "$a" in
-    --stage2-args) part=s2 ;;
-    --eval-args) part=ev ;;
-    *) eval "$part+=(\"\$a\")" ;;
-    esac
-done
+sccl_split_chain_args "$@"
 mkdir -p -- "$runs/logs"
 grid="$runs/grid-$(date +%Y%m%d-%H%M%S)-$$.tsv"
 write_grid "$grid"

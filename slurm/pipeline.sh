@@ -78,15 +78,7 @@ if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
 fi
 run=$(realpath -m -- "$1")
 shift
-s1=() s2=() ev=()
-part=s1
-for a in "$@"; do
-    case "$a" in
-    --stage2-args) part=s2 ;;
-    --eval-args) part=ev ;;
-    *) eval "$part+=(\"\$a\")" ;;
-    esac
-done
+sccl_split_chain_args "$@"
 mkdir -p -- "$run/logs"
 rm -f -- "$run/logs/FAILED"
 : >"$run/logs/jobs.txt"  # the submission time stamp report_failure compares against
