@@ -165,7 +165,8 @@ def global_valid_mean(
     valid count and multiplied by the world size, because DDP (and DeepSpeed) average the
     gradients over ranks: the averaged gradient is then that of the global mean.
     A rank without valid items still returns a graph-connected value."""
-    count = all_reduce_sum(valid.sum()).clamp_min(1).to(per_item.dtype)
     local_sum = per_item.sum()
-    value = all_reduce_sum(local_sum) / count
-    return local_sum * (get_world_size() / count), value
+    # one all_reduce for both numbers: (valid count, loss sum) of every rank
+    stats = all_reduce_sum(torch.stack([valid.sum().to(local_sum.dtype), local_sum.detach()]))
+    count = stats[0].clamp_min(1)
+    return local_sum * (get_world_size() / count), stats[1] / count

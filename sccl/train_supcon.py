@@ -290,8 +290,10 @@ def train_micro_batch(r: Run, batch: dict, active: bool) -> bool | None:
             acc.backward(loss)
             if active:  # every micro-batch of a window reads the queue as it was at its start
                 # the batch of every rank, in rank order (gather_batch gathered it already)
-                r.pending.append(gathered or (dist.all_gather_no_grad(z),
-                                              dist.all_gather_no_grad(labels)))
+                # every rank holds the same per-rank batch size: no size gather needed
+                sizes = [len(labels)] * world
+                r.pending.append(gathered or (dist.all_gather_no_grad(z, sizes),
+                                              dist.all_gather_no_grad(labels, sizes)))
         r.meter.add(value if finite else None, len(labels) * world)
         r.state.samples_seen += len(labels) * world
         if not acc.sync_gradients:
