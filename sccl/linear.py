@@ -17,7 +17,6 @@ RUN/stage2/ layout:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch import nn
 
 from sccl.metrics import compute_eer
 from shards.atomic import atomic_write_bytes
+from shards.plan import file_sha256  # noqa: F401  (re-exported: Stage 2 and its tests use it)
 
 CLASSIFIER = "classifier.safetensors"
 THRESHOLD = "threshold.json"
@@ -69,14 +69,6 @@ class LinearResult:
     threshold: float
     pos_weight: float
     epochs_run: int
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def linear_scores(z: np.ndarray | torch.Tensor, weight: torch.Tensor, bias: torch.Tensor

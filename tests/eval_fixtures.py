@@ -64,6 +64,16 @@ STAGE2_ARGS = ["--embed.seconds", "1", "--embed.batch_size", "4", "--linear.max_
                "--linear.patience", "5", "--run.progress", "false"]
 
 
+def make_stage2_run(root: Path) -> tuple[Path, dict[str, Path]]:
+    """Shards under root/shards, a random Stage 1 and a real Stage 2 in root/run."""
+    from sccl.train_linear import main as stage2_main
+
+    sets = make_sets(root / "shards")
+    run = make_stage1_run(root / "run", sets["train"], sets["dev"])
+    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS]) == 0
+    return run, sets
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,17 +11,12 @@ import torch
 from sccl.embed import EmbedOptions
 from sccl.scoring import SpoofDetector, load_detector
 from sccl.scoring import main as score_main
-from sccl.train_linear import main as stage2_main
-from tests.eval_fixtures import STAGE2_ARGS, make_sets, make_stage1_run
+from tests.eval_fixtures import make_stage2_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scoring")
-    sets = make_sets(root / "shards")
-    run = make_stage1_run(root / "run", sets["train"], sets["dev"])
-    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS]) == 0
-    return run, sets
+    return make_stage2_run(tmp_path_factory.mktemp("scoring"))
 
 
 def _signal(seconds: float, rate: int, seed: int = 0) -> np.ndarray:

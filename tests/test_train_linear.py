@@ -21,7 +21,7 @@ from sccl.embed import (
 )
 from sccl.linear import LinearConfig, RunMismatchError, load_stage2, train_classifier
 from sccl.train_linear import main as stage2_main
-from tests.eval_fixtures import STAGE2_ARGS, make_sets, make_stage1_run
+from tests.eval_fixtures import STAGE2_ARGS, make_sets, make_stage1_run, make_stage2_run
 
 
 def _blobs(n_bona: int, n_spoof: int, shift: float, seed: int):
@@ -98,11 +98,7 @@ def test_embed_options_checked():
 
 @pytest.fixture(scope="module")
 def stage2_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stage2")
-    sets = make_sets(root / "shards")
-    run = make_stage1_run(root / "run", sets["train"], sets["dev"])
-    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS]) == 0
-    return run, sets
+    return make_stage2_run(tmp_path_factory.mktemp("stage2"))
 
 
 def test_stage2_writes_run_directory(stage2_run):
