@@ -52,6 +52,19 @@ class ConfigError(ValueError):
     """Bad config file or override: the message names where (file:line or --flag) and the key."""
 
 
+def report_input_error(error: BaseException | str, code: int = 2) -> int:
+    """Print ``error: <message>`` on stderr once per job and return ``code``.
+
+    Every entry point turns bad input into this one line (no traceback) and exits 2. Under
+    ``accelerate launch``/``torchrun`` every rank finds the same error; only global rank 0
+    (``RANK`` unset or 0) prints it, the other ranks exit silently with the same code."""
+    import os
+
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    return code
+
+
 # ---------------------------------------------------------------------------- type helpers
 
 
