@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -138,7 +139,18 @@ def _data_loader(dataset, num_workers: int) -> torch.utils.data.DataLoader:
     # collate_fn: batches are already tensors; the default would walk every list in them.
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=num_workers, in_order=True, collate_fn=_as_is,
-        prefetch_factor=2 if num_workers else None, persistent_workers=False)
+        prefetch_factor=2 if num_workers else None, persistent_workers=False,
+        worker_init_fn=_leave_stop_signals_to_main if num_workers else None)
+
+
+def _leave_stop_signals_to_main(worker_id: int) -> None:
+    """Loader workers ignore the stop signals. A scheduler that preempts a job (Slurm's
+    scancel, requeue, node drain) signals every process of it, workers included; a worker that
+    died of SIGTERM would make the main process raise before it could checkpoint. The main
+    process owns the stop (it checkpoints and then shuts its workers down); a worker whose
+    parent is gone exits by itself (torch's worker watchdog)."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _as_is(batch: dict) -> dict:
