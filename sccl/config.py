@@ -11,11 +11,14 @@ Rules (all violations raise ``ConfigError`` naming the file, line or flag, and t
 - unknown keys are errors, with a "did you mean" suggestion;
 - values must have the field's type: bool fields take true/false only (YAML booleans, or the
   words ``true``/``false`` on the command line; a bare ``--flag`` means true), int fields
-  whole numbers, float fields numbers (``1e-5`` is accepted although YAML 1.1 reads it as a
-  string), str fields strings (quote numbers-as-names in YAML), ``Literal`` fields one of
+  whole numbers, float fields finite numbers (``1e-5`` is accepted although YAML 1.1 reads it
+  as a string; ``nan``/``inf`` are refused: a NaN compares false with every bound, so it would
+  pass range checks and silently disable what it sets), str fields strings (quote numbers-as-names in YAML), ``Literal`` fields one of
   their choices, ``Optional`` fields also ``null``/``none``; lists are YAML lists or
   comma-separated on the command line;
 - ``--key`` without a section is accepted when exactly one section has a field of that name;
+- a key written twice in one mapping of a file (a section repeated, say) is an error naming
+  the key and both lines: YAML would silently keep the second;
 - command-line values override the file; sections validate themselves in ``__post_init__``.
 
 Field documentation is read from the source (a string literal after the field, or a
@@ -30,6 +33,7 @@ import difflib
 import functools
 import inspect
 import json
+import math
 import re
 import sys
 import textwrap
@@ -131,14 +135,7 @@ def _coerce(value: Any, tp: Any, where: str, text: bool) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, {got}")
     if inner is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:
-            if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-                return float(value)
-        except ValueError:
-            pass
-        raise ConfigError(f"{where}: expected a number, {got}")
+        return _coerce_float(value, where, got)
     if inner is str:
         if isinstance(value, str):
             return value
@@ -148,6 +145,22 @@ def _coerce(value: Any, tp: Any, where: str, text: bool) -> Any:
     if inner is Any:
         return value
     raise TypeError(f"{where}: config fields of type {tp!r} are not supported")
+
+
+def _coerce_float(value: Any, where: str, got: str) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"{where}: expected a number, {got}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
 
 
 def _coerce_list(value: Any, tp: Any, where: str, text: bool) -> list | tuple:
@@ -334,9 +347,9 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".json":
-            data, lines = json.loads(text) if text.strip() else {}, {}
+            data, lines = _json_load(text, path) if text.strip() else {}, {}
         else:
-            data, lines = yaml.safe_load(text) or {}, _yaml_lines(yaml.compose(text))
+            data, lines = yaml.safe_load(text) or {}, _yaml_lines(yaml.compose(text), path)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"config file {path}: cannot parse: {e}") from None
     if not isinstance(data, dict):
@@ -344,14 +357,32 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     return data, lines
 
 
-def _yaml_lines(node: Any, prefix: str = "") -> dict[str, int]:
+def _yaml_lines(node: Any, path: Path, prefix: str = "") -> dict[str, int]:
+    """Dotted key -> line of every mapping key; a key written twice in one mapping is an error
+    (YAML itself keeps the last one, silently dropping the first)."""
     out: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             dotted = f"{prefix}{key.value}"
-            out[dotted] = key.start_mark.line + 1
-            out.update(_yaml_lines(value, dotted + "."))
+            line = key.start_mark.line + 1
+            if dotted in out:
+                raise ConfigError(f"{path}:{line}: {dotted}: written twice (lines {out[dotted]} "
+                                  f"and {line}); keep one")
+            out[dotted] = line
+            out.update(_yaml_lines(value, path, dotted + "."))
     return out
+
+
+def _json_load(text: str, path: Path) -> Any:
+    """JSON with duplicate keys refused (json keeps the last one, silently)."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"config file {path}: key {twice[0]!r} written twice in one object")
+        return dict(items)
+
+    return json.loads(text, object_pairs_hook=pairs)
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

@@ -36,6 +36,8 @@ class Inner:
     flag: bool = False
     maybe: int | None = None
     tags: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    clip: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -131,6 +133,36 @@ def test_file_errors_name_file_line_and_key(tmp_path, text, needle):
     with pytest.raises(ConfigError) as err:
         parse_config(Top, ["--config", path])
     assert needle in str(err.value)
+
+
+def test_key_written_twice_is_refused_with_both_lines(tmp_path):
+    # A repeated section: YAML would keep only the second (the run silently used it).
+    text = "inner:\n  mode: angular\n  lr: 0.07\nother:\n  seed: 2\ninner:\n  lr: 0.3\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(Top, ["--config", write(tmp_path, text)])
+    assert "c.yaml:6: inner: written twice (lines 1 and 6)" in str(err.value)
+    nested = "inner:\n  lr: 0.1\n  steps: 2\n  lr: 0.2\n"
+    with pytest.raises(ConfigError, match=r"c.yaml:4: inner.lr: written twice \(lines 2 and 4\)"):
+        parse_config(Top, ["--config", write(tmp_path, nested)])
+    as_json = '{"inner": {"steps": 1}, "inner": {"steps": 2}}'
+    with pytest.raises(ConfigError, match="key 'inner' written twice"):
+        parse_config(Top, ["--config", write(tmp_path, as_json, "c.json")])
+
+
+@pytest.mark.parametrize("text", ["nan", ".nan", ".inf", "-.inf", "inf", "-inf", "'NaN'"])
+def test_non_finite_floats_refused_in_files(tmp_path, text):
+    for yaml_text in (f"inner:\n  lr: {text}\n", f"inner:\n  clip: {text}\n",
+                      f"inner:\n  weights: [1.0, {text}]\n"):
+        with pytest.raises(ConfigError, match=r"c.yaml:2: inner\.\w+(\[1\])?: expected a finite"):
+            parse_config(Top, ["--config", write(tmp_path, yaml_text)])
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_non_finite_floats_refused_on_the_command_line(text):
+    for key in ("--inner.lr", "--clip", "--weights"):
+        with pytest.raises(ConfigError, match=f"{key}(\\[0\\])?: expected a finite number"):
+            parse_config(Top, [key, text])
+    assert parse_config(Top, ["--clip", "1e3", "--weights", "0.5,2"]).inner.weights == [0.5, 2.0]
 
 
 def test_override_replaces_a_bad_file_value_and_unknown_extension(tmp_path):
