@@ -7,4 +7,4 @@ parallel shard writing), ``verify`` (verify + info) and ``cli``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,16 +15,26 @@ manifest, state, shard-named tars, temporaries) and builds afresh.
 
 from __future__ import annotations
 
-import json
 import os
-import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards import __version__
+from sccl.lock import DirLock, LockHeldError
 from shards.atomic import atomic_write_json
 from shards.errors import ShardsError
+from shards.outdir import (
+    BUILDER,
+    MANIFEST,
+    STATE,
+    clear_temporaries,
+    make_out_dir,
+    read_record,
+    recorded_names,
+    refuse_foreign_tars,
+    remove_build,
+)
 from shards.plan import (
     MISSING_RECORDED,
     file_sha256,
@@ -36,16 +46,10 @@ from shards.plan import (
 )
 from shards.pool import run_tasks
 from shards.protocols import FORMATS, check_split, default_split, load_protocol
-from shards.writer import SampleOptions, file_mode, write_shard
+from shards.writer import SHORT_SAMPLES, SampleOptions, file_mode, write_shard
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-STATE = ".build-state.json"
 TRANSCODES = ("flac16k",)
-# Files a build writes (shards, atomic_open temporaries): the only ones --overwrite removes.
-_SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-(?:bonafide-|spoof-)?\d{6}\.tar$")
-_TMP_RE = re.compile(r"^\.(?:manifest\.json|\.build-state\.json|[A-Za-z0-9_]+-(?:bonafide-|spoof-)?"
-                     r"\d{6}\.tar)\.[a-z0-9_]{8}\.tmp$")
 
 
 @dataclass
@@ -110,48 +114,26 @@ def _write_json(path: Path, obj: dict) -> None:
     os.chmod(path, file_mode())
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ShardsError(f"{path}: unreadable ({err}); use --overwrite to rebuild") from None
-
-
-def _remove_build(out: Path, entries: dict) -> None:
-    """Delete one earlier build's files only: its manifest/state, shards, temporaries."""
-    for name in os.listdir(out):
-        if name in (MANIFEST, STATE) or name in entries or _SHARD_RE.match(name) \
-                or _TMP_RE.match(name):
-            os.unlink(out / name)
-
-
 def _differences(old: dict, new: dict) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
 def prepare_out_dir(out: Path, args: dict, digest: str, overwrite: bool) -> dict:
-    """Check ``out`` against any earlier build; return the finished shard entries to reuse.
+    """Check ``out`` (locked, existing) against any earlier build; return the finished
+    shard entries to reuse.
 
     Same arguments and plan: resume (reuse its entries). Another build: an error, or with
-    ``overwrite`` its files are removed. Unrecorded .tar files are never touched.
+    ``overwrite`` the files it recorded are removed (shards.outdir says which).
     """
-    out.mkdir(parents=True, exist_ok=True)
-    manifest, state = _read_json(out / MANIFEST), _read_json(out / STATE)
+    manifest, state = read_record(out / MANIFEST), read_record(out / STATE)
     previous = state or manifest
-    entries = {s["name"]: s for s in (manifest or {}).get("shards", [])}
-    entries.update((state or {}).get("shards", {}))
+    recorded = recorded_names(manifest, state)
+    refuse_foreign_tars(out, recorded)
     if previous is None:
-        foreign = sorted(n for n in os.listdir(out) if n.endswith(".tar"))
-        if foreign:
-            raise ShardsError(
-                f"output dir {out} holds .tar files that no sccl-shards build recorded "
-                f"(e.g. {foreign[0]}); remove them or choose another --out")
         return {}
     if overwrite:
-        _remove_build(out, entries)
+        remove_build(out, recorded)
         return {}
     why = _differences(previous.get("build_args", {}), args)
     if not why and previous.get("plan_sha256") != digest:
@@ -160,18 +142,31 @@ def prepare_out_dir(out: Path, args: dict, digest: str, overwrite: bool) -> dict
         raise ShardsError(
             f"output dir {out} holds another build ({why});\n  pass --overwrite to replace "
             "it, or choose another --out")
-    # Temporaries of shards that were being written when the previous run died.
-    for name in os.listdir(out):
-        if _TMP_RE.match(name):
-            os.unlink(out / name)
+    clear_temporaries(out, recorded)
+    entries = {s["name"]: s for s in (manifest or {}).get("shards", [])}
+    entries.update((state or {}).get("shards", {}))
     return entries
+
+
+# Entry fields a reused shard must carry (entries of older builders lack some: rebuilt).
+_ENTRY_FIELDS = ("counts", "attacks", "subsets", "codecs", "short", "sample_rates")
 
 
 def _is_done(out: Path, plan, entry: dict | None) -> bool:
     path = out / plan.name
     return (entry is not None and entry.get("num_samples") == len(plan.items)
+            and all(k in entry for k in _ENTRY_FIELDS)
             and path.is_file() and path.stat().st_size == entry.get("bytes")
             and file_sha256(path) == entry.get("sha256"))
+
+
+def _label_counts(entries: list[dict], field: str) -> dict[str, dict[str, int]]:
+    """Sum the entries' ``{group: {label: n}}`` tables (subsets, codecs)."""
+    table: dict[str, Counter] = {}
+    for e in entries:
+        for group, counts in e[field].items():
+            table.setdefault(group, Counter(bonafide=0, spoof=0)).update(counts)
+    return {g: dict(c) for g, c in sorted(table.items())}
 
 
 def make_manifest(opts: BuildOptions, dataset: str, args: dict, digest: str,
@@ -182,22 +177,25 @@ def make_manifest(opts: BuildOptions, dataset: str, args: dict, digest: str,
         counts.update(e["counts"])
         attacks.update(e["attacks"])
         rates.update(e["sample_rates"])
+    short = [key for e in entries for key in e["short"]]
     return {
-        "format_version": FORMAT_VERSION, "builder": f"sccl-shards {__version__}",
+        "format_version": FORMAT_VERSION, "builder": BUILDER,
         "format": opts.fmt, "dataset": dataset, "split": opts.split, "subset": args["subset"],
         "build_args": args, "plan_sha256": digest,
         "num_samples": sum(e["num_samples"] for e in entries), "counts": dict(counts),
         "attacks": dict(sorted(attacks.items())),
+        "subsets": _label_counts(entries, "subsets"), "codecs": _label_counts(entries, "codecs"),
         "total_duration": round(sum(e["duration"] for e in entries), 3),
         "total_bytes": sum(e["bytes"] for e in entries),
         "sample_rates": dict(sorted(rates.items())),
         "missing": {"count": len(missing), "examples": missing[:MISSING_RECORDED]},
+        "short": {"count": len(short), "examples": short[:MISSING_RECORDED]},
         "shards": entries,
     }
 
 
-def build(opts: BuildOptions) -> dict:
-    """Build (or resume) the shard directory ``opts.out_dir``; return its manifest."""
+def _plan(opts: BuildOptions):
+    """(protocol, plan, missing sources): everything decided before ``--out`` is touched."""
     protocol = load_protocol(opts.fmt, opts.protocol, split=opts.split,
                              subset=opts.subset or "eval", dataset=opts.dataset)
     items, missing = resolve_audio(protocol.records, opts.audio_dir, opts.fmt)
@@ -209,24 +207,56 @@ def build(opts: BuildOptions) -> dict:
     plan = make_plan(order_items(items, shuffle=opts.shuffle, seed=opts.seed),
                      split=opts.split, split_by_label=opts.split_by_label,
                      shard_size=opts.shard_size, shard_bytes=opts.shard_bytes)
-    args, digest = build_args(opts, protocol.dataset), plan_digest(plan)
+    return protocol, plan, missing
+
+
+def build(opts: BuildOptions) -> dict:
+    """Build (or resume) the shard directory ``opts.out_dir``; return its manifest.
+
+    Input errors come before ``--out`` is created. The directory is locked for the whole
+    build (``sccl.lock.DirLock``): a second build into it stops at once naming the first.
+    """
+    protocol, plan, missing = _plan(opts)
     out = Path(opts.out_dir)
+    make_out_dir(out)
+    try:
+        lock = DirLock(out, what=f"shard directory {out}").acquire()
+    except LockHeldError as err:
+        raise ShardsError(str(err)) from None
+    try:
+        manifest = _build_locked(opts, out, protocol, plan, missing)
+    finally:
+        lock.release()
+    if manifest["short"]["count"]:
+        print(f"sccl-shards: warning: {out}: {manifest['short']['count']} clip(s) shorter than "
+              f"{SHORT_SAMPLES} samples at 16 kHz (e.g. {manifest['short']['examples'][0]}); "
+              "kept and listed in manifest.json, training skips and counts them",
+              file=sys.stderr)
+    return manifest
+
+
+def _build_locked(opts: BuildOptions, out: Path, protocol, plan, missing) -> dict:
+    args, digest = build_args(opts, protocol.dataset), plan_digest(plan)
     entries = prepare_out_dir(out, args, digest, opts.overwrite)
     done = {p.name: entries[p.name] for p in plan if _is_done(out, p, entries.get(p.name))}
     todo = [p for p in plan if p.name not in done]
-    state = {"format_version": FORMAT_VERSION, "build_args": args, "plan_sha256": digest,
-             "shards": done}
+    state = {"format_version": FORMAT_VERSION, "builder": BUILDER, "build_args": args,
+             "plan_sha256": digest, "planned": [p.name for p in plan], "shards": done}
     if todo:
+        # Recorded before any shard is written (see shards.outdir); from here on the build
+        # is incomplete, so no manifest may claim otherwise.
         _write_json(out / STATE, state)
-        # The build is incomplete from here on: no manifest may claim otherwise.
         (out / MANIFEST).unlink(missing_ok=True)
+    if done and todo:
+        print(f"sccl-shards: resuming {out}: {len(done)} of {len(plan)} shards already "
+              f"built, building {len(todo)}", file=sys.stderr)
     sample_opts = SampleOptions(dataset=protocol.dataset, split=opts.split,
                                 transcode=opts.transcode, decode_check=opts.decode_check)
     tasks = [(p.name, (p, str(out), sample_opts), len(p.items)) for p in todo]
     for name, entry in run_tasks(write_shard, tasks, workers=opts.workers,
                                  progress=opts.progress, desc=f"build {out.name}"):
         state["shards"][name] = entry
-        _write_json(out / STATE, state)
+        _write_json(out / STATE, state)  # one finished shard at a time survives a kill
     manifest = make_manifest(opts, protocol.dataset, args, digest,
                              [state["shards"][p.name] for p in plan], missing)
     _write_json(out / MANIFEST, manifest)

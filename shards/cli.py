@@ -70,18 +70,48 @@ def _add_build(sub) -> None:
 
 def _add_others(sub) -> None:
     p = sub.add_parser("verify", help="re-hash (and optionally decode) every shard and sample")
-    p.add_argument("dir")
+    p.add_argument("dir", help="shard directory (holding manifest.json)")
     p.add_argument("--decode", action="store_true", help="decode every sample with soundfile")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--no-progress", action="store_true")
-    p = sub.add_parser("info", help="summarise a shard directory")
-    p.add_argument("dir")
+    p.add_argument("--workers", type=_count(1), default=1,
+                   help="processes, one shard each (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p = sub.add_parser("info", help="summarise a shard directory (subsets, codecs, attacks)")
+    p.add_argument("dir", help="shard directory (holding manifest.json)")
     p.add_argument("--json", action="store_true", help="print manifest.json without shard list")
-    p = sub.add_parser("synth", help="write the synthetic corpus in the real datasets' layouts")
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", default="default", choices=("default", "tiny"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    _add_synth(sub)
+
+
+def _count(minimum: int):
+    """argparse type: an int >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser(
+        "synth", help="write the synthetic corpus in the real datasets' layouts",
+        description="Write a synthetic corpus laid out like the released datasets (ASVspoof "
+        "2019 LA train/dev/eval, ASVspoof 2021 LA and DF eval keys, In-the-Wild meta.csv), so "
+        "'sccl-shards build' runs on it exactly as on the real data. The same --size and "
+        "--seed give byte-identical files for any --workers; a rerun into the same --out "
+        "renders only what is missing.")
+    p.add_argument("--out", required=True,
+                   help="output directory (created; refused if it holds anything else)")
+    p.add_argument("--size", default="default", choices=("default", "tiny"),
+                   help="'default': 2835 files of 1-4 s (the demo's corpus); 'tiny': 64 files "
+                   "of 1-2 s (tests); default: default")
+    p.add_argument("--seed", type=_count(0), default=0,
+                   help="seed of every random draw (ids, labels, audio); default 0")
+    p.add_argument("--workers", type=_count(1), default=1,
+                   help="processes rendering audio (the output does not depend on it); "
+                   "default 1")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ and keeps its traceback chained.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 from tqdm import tqdm
@@ -29,7 +29,7 @@ def _named_error(name: str, err: BaseException) -> Exception:
 def run_tasks(fn: Callable[..., Any], tasks: list[Task], *, workers: int = 1,
               desc: str = "shards", unit: str = "file",
               progress: bool = True) -> Iterator[tuple[str, Any]]:
-    """Yield (name, fn(*args)) for each task as it finishes (completion order).
+    """Yield (name, fn(*args)) for each task as soon as it finishes (completion order).
 
     ``workers`` <= 1 runs in this process (no pickling, plain tracebacks). ``progress``
     False hides the bar; True shows it only on a terminal (tqdm's ``disable=None``).
@@ -56,7 +56,9 @@ def _run_pool(fn, tasks: list[Task], workers: int, bar) -> Iterator[tuple[str, A
         pending = {pool.submit(fn, *args): (name, weight) for name, args, weight in tasks}
         try:
             while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                # FIRST_COMPLETED: each result reaches the caller (who records it) as soon
+                # as it exists; FIRST_EXCEPTION would hold every success until all finish.
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 # Report finished successes before any failure, so the caller records them.
                 for fut in sorted(done, key=lambda f: f.exception() is not None):
                     name, weight = pending.pop(fut)

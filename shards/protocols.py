@@ -1,7 +1,8 @@
 """Parsers for the protocol files of ASVspoof 2019 LA, ASVspoof 2021 LA/DF, In-the-Wild and CSV.
 
-Each parser reads the file exactly as released (formats in shared/REFERENCE.md) and returns
-one ``Record`` per utterance. Anything unexpected is a ``ShardsError`` naming ``path:lineno``,
+Each parser reads the file exactly as released (the formats below; docs/study.md names the
+datasets) and returns one ``Record`` per utterance. A leading UTF-8 byte-order mark, which
+spreadsheet tools and some editors add, is dropped for every format. Anything unexpected is a ``ShardsError`` naming ``path:lineno``,
 the offending line and what is wrong with it: a protocol that parses "mostly" silently drops
 whole classes (the 2021 keys put ``bonafide`` in the attack column, for instance).
 
@@ -83,8 +84,9 @@ def check_key(utt_id: str) -> str | None:
     return None
 
 
-def _read_lines(path: Path, strip_bom: bool = False):
-    """Yield (lineno, line) for every non-blank line; the file must be UTF-8."""
+def _read_lines(path: Path):
+    """Yield (lineno, line) for every non-blank line; UTF-8, a leading BOM dropped (else it
+    would become part of the first speaker or column name)."""
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -92,8 +94,7 @@ def _read_lines(path: Path, strip_bom: bool = False):
     except UnicodeDecodeError as err:
         lineno = path.read_bytes()[: err.start].count(b"\n") + 1
         raise ShardsError(f"{path}:{lineno}: not valid UTF-8 ({err.reason})") from None
-    if strip_bom:
-        text = text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
     for lineno, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             yield lineno, line
@@ -177,7 +178,7 @@ def parse_itw(path: str | Path, subset: str) -> list[Record]:
     ITW names no attack: bona fide gets "-" and spoof "unknown". utt_id = file stem.
     """
     path, records, seen = Path(path), [], {}
-    lines = _read_lines(path, strip_bom=True)
+    lines = _read_lines(path)
     first = next(lines, None)
     if first is None or [c.strip() for c in first[1].split(",")] != ["file", "speaker", "label"]:
         lineno, line = first or (1, "")
@@ -214,7 +215,7 @@ def parse_csv(path: str | Path, subset: str) -> list[Record]:
     """
     path, records, seen = Path(path), [], {}
     header = None
-    for n, (lineno, line) in enumerate(_read_lines(path, strip_bom=True)):
+    for n, (lineno, line) in enumerate(_read_lines(path)):
         cols = next(csv.reader([line], delimiter="\t" if "\t" in line else ","))
         if n == 0 and (header := _csv_header(cols)) is not None:
             unknown = sorted(set(header) - set(_CSV_COLUMNS))

@@ -1,7 +1,7 @@
 """What the synthetic corpus holds and how it is laid out on disk.
 
-Mirrors the released datasets (see shared/REFERENCE.md "Dataset layouts and protocol
-formats"): ASVspoof 2019 LA train/dev/eval FLAC with 5-column CM protocols, ASVspoof 2021
+Mirrors the released datasets (their protocol formats are described in shards/protocols.py;
+docs/study.md names the datasets): ASVspoof 2019 LA train/dev/eval FLAC with 5-column CM protocols, ASVspoof 2021
 LA (8-column) and DF (13-column) trial_metadata keys, In-the-Wild ``<n>.wav`` + meta.csv.
 Every decision here (ids, speakers, labels, attacks, codecs, durations) is drawn from a
 generator seeded by ``(seed, part)`` only, so the plan is identical however many workers

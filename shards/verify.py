@@ -21,6 +21,7 @@ from shards.build import MANIFEST, STATE
 from shards.errors import ShardsError
 from shards.plan import file_sha256
 from shards.pool import run_tasks
+from shards.writer import SHORT_SAMPLES
 
 REQUIRED = ("utt_id", "label", "attack", "speaker", "dataset", "subset", "sample_rate",
             "num_samples", "duration", "sha256", "source")
@@ -172,7 +173,31 @@ def info(shard_dir: str | Path) -> str:
         f"missing      {m['missing']['count']}"
         + (f"  (e.g. {', '.join(m['missing']['examples'][:5])})" if m["missing"]["count"] else ""),
         f"builder      {m['builder']}",
-        "attacks",
     ]
-    lines += [f"  {a:<12} {c}" for a, c in m["attacks"].items()]
+    lines += _tables(m)
     return "\n".join(lines)
+
+
+def _labelled(counts: dict[str, int]) -> str:
+    return f"{sum(counts.values())}  (bonafide {counts.get('bonafide', 0)}, " \
+        f"spoof {counts.get('spoof', 0)})"
+
+
+def _tables(m: dict) -> list[str]:
+    """Per-subset and per-codec counts (manifests of builders before 0.2 lack them: the
+    line says so) and short clips, then attacks."""
+    lines = []
+    if "short" in m:
+        lines.append(f"short clips  {m['short']['count']}  (< {SHORT_SAMPLES} samples at 16 kHz)"
+                     + (f"  e.g. {', '.join(m['short']['examples'][:5])}"
+                        if m["short"]["count"] else ""))
+    if "subsets" not in m:
+        lines.append("subsets      not recorded (built by an older sccl-shards; rebuild with "
+                     "--overwrite to count them)")
+    for title in ("subsets", "codecs"):
+        if m.get(title):
+            lines.append(title)
+            lines += [f"  {g:<12} {_labelled(c)}" for g, c in m[title].items()]
+    lines.append("attacks")
+    lines += [f"  {a:<12} {c}" for a, c in m["attacks"].items()]
+    return lines

@@ -19,6 +19,11 @@ from shards.errors import ShardsError
 from shards.plan import Item, ShardPlan
 
 TARGET_RATE = 16000
+# Clips shorter than this at 16 kHz cannot fill one frame of a wav2vec2-style encoder (its
+# convolutional front end spans 400 samples). They are kept but listed ("short" in the
+# manifest): whether they are usable depends on the encoder and the loader's padding,
+# which the builder does not know. Empty clips are rejected outright.
+SHORT_SAMPLES = 400
 # libsndfile container name -> the member extension the readers expect.
 _CONTAINERS = {"FLAC": "flac", "WAV": "wav", "WAVEX": "wav"}
 
@@ -75,12 +80,23 @@ def _probe(raw: bytes, src: str):
 
 
 def _decode(raw: bytes, src: str):
+    """(wave (T, C) float32, rate); a ShardsError for undecodable or non-finite audio."""
+    import numpy as np
     import soundfile as sf
 
     try:
-        return sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        wave, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     except Exception as err:
         raise ShardsError(f"corrupt audio (decode failed): {src} ({err})") from None
+    if not np.isfinite(wave).all():
+        raise ShardsError(f"corrupt audio: {src} holds non-finite samples (NaN or inf)")
+    return wave, rate
+
+
+def _reject_empty(info, raw: bytes, src: str) -> None:
+    # A FLAC header may leave the length unknown (0): only a decode proves emptiness.
+    if info.frames == 0 and len(_decode(raw, src)[0]) == 0:
+        raise ShardsError(f"empty audio (0 samples): {src}; remove it from the protocol")
 
 
 def transcode_flac16k(raw: bytes, src: str) -> bytes:
@@ -110,6 +126,7 @@ def encode_sample(item: Item, opts: SampleOptions) -> tuple[str, bytes, dict]:
     except OSError as err:
         raise ShardsError(f"cannot read audio {item.src}: {err}") from None
     info = _probe(raw, item.src)
+    _reject_empty(info, raw, item.src)
     rec, extra = item.record, {}
     if opts.transcode == "flac16k":
         extra = {"source_sha256": hashlib.sha256(raw).hexdigest(),
@@ -136,10 +153,14 @@ def encode_sample(item: Item, opts: SampleOptions) -> tuple[str, bytes, dict]:
     return ext, raw, meta
 
 
+def _is_short(meta: dict) -> bool:
+    return meta["num_samples"] * TARGET_RATE < SHORT_SAMPLES * meta["sample_rate"]
+
+
 def write_shard(plan: ShardPlan, out_dir: str, opts: SampleOptions) -> dict:
     """Write ``plan`` to ``out_dir/plan.name`` atomically; return its manifest entry."""
     duration, rates, counts = 0.0, Counter(), Counter({"bonafide": 0, "spoof": 0})
-    attacks = Counter()
+    attacks, subsets, codecs, short = Counter(), {}, {}, []
     with atomic_open(f"{out_dir}/{plan.name}", "wb") as f:
         os.fchmod(f.fileno(), file_mode())
         out = _HashingWriter(f)
@@ -154,9 +175,20 @@ def write_shard(plan: ShardPlan, out_dir: str, opts: SampleOptions) -> dict:
                 rates[str(meta["sample_rate"])] += 1
                 counts[meta["label"]] += 1
                 attacks[meta["attack"]] += 1
+                _count(subsets, meta["subset"], meta["label"])
+                if "codec" in meta:
+                    _count(codecs, meta["codec"], meta["label"])
+                if _is_short(meta):
+                    short.append(key)
     return {
         "name": plan.name, "label": plan.label, "num_samples": len(plan.items),
         "bytes": out.size, "sha256": out.sha.hexdigest(), "duration": round(duration, 3),
         "counts": dict(counts), "attacks": dict(sorted(attacks.items())),
-        "sample_rates": dict(sorted(rates.items())),
+        "subsets": dict(sorted(subsets.items())), "codecs": dict(sorted(codecs.items())),
+        "short": short, "sample_rates": dict(sorted(rates.items())),
     }
+
+
+def _count(table: dict[str, dict[str, int]], group: str, label: str) -> None:
+    counts = table.setdefault(group, {"bonafide": 0, "spoof": 0})
+    counts[label] += 1
