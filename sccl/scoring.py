@@ -8,22 +8,30 @@ downmixed), directories (searched recursively for audio files) or shard director
 (``manifest.json``; each sample is reported as ``<shard tar>/<member>``). The score is the
 classifier's logit (higher = bona fide); the decision uses the threshold fixed on the dev set
 by Stage 2 (EER threshold, bona fide if score > threshold). Long files are scored as the mean
-over windows of the Stage 2 crop length (``--crop windows``, the default).
+over windows of the Stage 2 crop length (``--crop windows``, the default). An input that
+cannot be read is reported on stderr (one line naming it) and the others are still scored;
+the exit code is then 1 (``--strict``: stop at the first, write no TSV).
 
 ``SpoofDetector`` holds encoder, projection head and classifier. ``save_pretrained(dir)``
-writes a Hugging Face style directory (config.json with the wav2vec2 config inside, and
-model.safetensors), so ``SpoofDetector.from_pretrained(dir)`` needs neither the hub nor the
-run directory. Stage 2 writes one to ``RUN/export/``.
+writes a Hugging Face style directory (config.json with the wav2vec2 config inside and the
+sha256 of the weights, and model.safetensors), so ``SpoofDetector.from_pretrained(dir)`` needs
+neither the hub nor the run directory. Stage 2 writes one to ``RUN/export/``. Loading checks
+everything before any weight is used: the hash, every key and shape, the config's fields and
+types, finite weights and threshold; a problem is one ``ScoringError`` naming file and key.
+``score_array(wave, sample_rate)`` and ``score_file(path)`` score one utterance from Python.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import math
+import re
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +41,67 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
-from sccl.linear import RunMismatchError, linear_scores, load_stage2
+from sccl.linear import RunMismatchError, file_sha256, linear_scores, load_stage2
 from sccl.model import ModelConfig, ModelLoadError, SupConModel
 from shards.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 
 EXPORT_FORMAT = "sccl-spoof-detector"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: config.json records weights_sha256 (1 had no hash: refused)
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+# config.json fields: name -> check of the value (model_config is checked as a ModelConfig)
+_FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "model_type": ("the string " + repr(EXPORT_FORMAT), lambda v: v == EXPORT_FORMAT),
+    "format_version": (f"the integer {EXPORT_VERSION}", lambda v: v == EXPORT_VERSION),
+    "model_config": ("an object", lambda v: isinstance(v, dict)),
+    "encoder_config": ("an object", lambda v: isinstance(v, dict)),
+    "proj_dim": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "threshold": ("a finite number", lambda v: _is_number(v) and math.isfinite(v)),
+    "sample_rate": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "seconds": ("a finite number > 0", lambda v: _is_number(v) and math.isfinite(v) and v > 0),
+    "weights_sha256": ("64 hex digits", lambda v: isinstance(v, str)
+                       and re.fullmatch("[0-9a-f]{64}", v) is not None),
+    "score": ("a string", lambda v: isinstance(v, str)),
+}
 
 
 class ScoringError(RuntimeError):
-    """Unreadable input or a model directory that cannot be loaded."""
+    """Unreadable input or a model directory that cannot be loaded (one line, names the file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One utterance's result."""
+
+    score: float  # the classifier's logit; higher = bona fide
+    probability: float  # sigmoid(score): P(bona fide) under the classifier's balanced training
+    decision: str  # "bonafide" if score > the dev EER threshold, else "spoof"
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (libraries' messages may span several), without
+    object reprs (soundfile names its input "<_io.BytesIO object at 0x...>")."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the file", text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    for key, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ScoringError(f"{where}: tensor {key!r} holds {bad} non-finite value(s) "
+                               "(NaN/Inf); the model is broken, re-export it from a good run")
 
 
 class SpoofDetector(nn.Module):
@@ -52,6 +110,8 @@ class SpoofDetector(nn.Module):
     def __init__(self, model: SupConModel, weight: torch.Tensor, bias: torch.Tensor, *,
                  threshold: float, sample_rate: int = 16000, seconds: float = 10.0) -> None:
         super().__init__()
+        if not math.isfinite(float(threshold)):
+            raise ScoringError(f"threshold is {threshold}: a decision needs a finite threshold")
         self.model = model.eval()
         self.classifier = nn.Linear(weight.shape[1], 1)
         with torch.no_grad():
@@ -67,42 +127,45 @@ class SpoofDetector(nn.Module):
         """Load RUN/stage1/<weights> + RUN/stage2 (checked to belong together)."""
         run = Path(run)
         meta, weight, bias, thr = load_stage2(run)
+        _check_finite({"weight": weight, "bias": bias}, str(run / "stage2" / "classifier.safetensors"))
         model = SupConModel.from_pretrained(run / "stage1" / meta.get("stage1_which", "best"))
         return cls(model, weight, bias, threshold=thr["threshold"],
                    sample_rate=meta.get("sample_rate", 16000),
                    seconds=meta.get("embed", {}).get("seconds", 10.0))
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors (every tensor copied: no shared storage)."""
+        """config.json + model.safetensors (every tensor copied: no shared storage); the
+        weights' sha256 goes into config.json. Non-finite weights are refused."""
         directory = Path(directory)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
-        atomic_write_bytes(directory / "model.safetensors",
-                           safetensors_save(state, metadata={"format": "pt"}))
-        atomic_write_json(directory / "config.json", {
+        _check_finite(state, f"export to {directory}")
+        blob = safetensors_save(state, metadata={"format": "pt"})
+        atomic_write_bytes(directory / WEIGHTS, blob)
+        atomic_write_json(directory / CONFIG, {  # last: a directory with it is complete
             "model_type": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
             "model_config": dataclasses.asdict(self.model.cfg),
             "encoder_config": self.model.encoder.config.to_dict(),
             "proj_dim": self.classifier.in_features, "threshold": self.threshold,
             "sample_rate": self.sample_rate, "seconds": self.seconds,
+            "weights_sha256": hashlib.sha256(blob).hexdigest(),
             "score": "logit of Linear(z); higher = bona fide; bona fide if score > threshold",
         })
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SpoofDetector:
-        """Load a ``save_pretrained`` directory (CPU; move it with ``.to(device)``)."""
+        """Load a ``save_pretrained`` directory (CPU; move it with ``.to(device)``).
+
+        Raises ScoringError (one line naming the file and key) unless config.json is complete
+        and well-typed, model.safetensors has the sha256 recorded at export, and its tensors
+        are exactly the model's keys with the model's shapes, all finite."""
         directory = Path(directory)
-        cfg = _read_export_config(directory / "config.json")
-        model = SupConModel(ModelConfig(**cfg["model_config"]),
-                            encoder_config=cfg["encoder_config"])
-        d = int(cfg["proj_dim"])
-        det = cls(model, torch.zeros(1, d), torch.zeros(1), threshold=cfg["threshold"],
-                  sample_rate=cfg["sample_rate"], seconds=cfg["seconds"])
-        try:
-            with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
-                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as err:  # safetensors has its own error types
-            raise ScoringError(f"{directory / 'model.safetensors'}: unreadable: {err}") from None
+        cfg = _read_export_config(directory / CONFIG)
+        weights = directory / WEIGHTS
+        _check_hash(weights, cfg["weights_sha256"])
+        det = _build_detector(cfg, directory / CONFIG)
+        state = _read_weights(weights)
+        _check_state(weights, state, det.state_dict())
         det.load_state_dict(state, strict=True)
         return det.eval()
 
@@ -115,30 +178,163 @@ class SpoofDetector(nn.Module):
     def decide(self, scores: np.ndarray) -> list[str]:
         return ["bonafide" if s > self.threshold else "spoof" for s in np.asarray(scores)]
 
+    def options(self, crop: str = "windows", seconds: float | None = None,
+                hop_seconds: float | None = None, batch_size: int = 8) -> EmbedOptions:
+        """sccl-score's embedding options: windows of the Stage 2 crop length by default."""
+        return EmbedOptions(crop=crop, seconds=seconds or self.seconds,
+                            hop_seconds=hop_seconds or 0.0, batch_size=max(1, batch_size))
+
+    def score_array(self, wave, sample_rate: int, **options) -> Verdict:
+        """Score one utterance given as numbers: ``wave`` (T,) mono or (T, C) channels last
+        (as ``soundfile.read`` returns; channels are averaged), float in [-1, 1] or integer PCM
+        (scaled by its type's range), at any ``sample_rate`` (resampled). ``options``: crop,
+        seconds, hop_seconds (as sccl-score's flags). Raises ValueError on unusable input."""
+        x = _as_mono(wave)
+        if not _is_int(sample_rate) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        from sccl.audio import resample
+
+        w = resample(torch.from_numpy(x), sample_rate, self.sample_rate)
+        return self._verdict(_pad_to(w, self.model.receptive_field), options)
+
+    def score_file(self, path: str | Path, **options) -> Verdict:
+        """Score one audio file exactly as sccl-score does; ScoringError names an unreadable
+        file. ``options`` as in ``score_array``."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ScoringError(f"{path}: cannot read: {err.strerror or _one_line(err)}") from None
+        w = _decode(str(path), data, self.sample_rate, self.model.receptive_field)
+        return self._verdict(w, options)
+
+    def _verdict(self, w: torch.Tensor, options: dict) -> Verdict:
+        s = float(self.score(w[None], torch.ones(1, w.shape[0], dtype=torch.long),
+                             self.options(**options))[0])
+        probability = 0.5 * (1.0 + math.tanh(s / 2))  # = sigmoid(s), no overflow
+        return Verdict(s, probability, "bonafide" if s > self.threshold else "spoof")
+
+
+def _as_mono(wave) -> np.ndarray:
+    """(T,) float32 of (T,) / (T, C) numbers; integer PCM scaled to [-1, 1)."""
+    x = np.asarray(wave)
+    if x.ndim == 2 and x.shape[1] > x.shape[0]:
+        raise ValueError(f"wave of shape {x.shape} looks channels-first; pass (T, C) "
+                         "(channels last, as soundfile.read returns), e.g. wave.T")
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise ValueError(f"wave must be (T,) or (T, C) with samples, got shape {x.shape}")
+    if np.issubdtype(x.dtype, np.integer):
+        x = x / float(-np.iinfo(x.dtype).min)  # int16: / 32768, as soundfile does
+    elif not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"wave must hold numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("wave holds NaN or Inf")
+    return np.ascontiguousarray(x.mean(axis=1) if x.ndim == 2 else x)
+
+
+def _pad_to(wave: torch.Tensor, min_len: int) -> torch.Tensor:
+    # Shorter than one encoder frame: pad with silence rather than refuse (a 20 ms clip).
+    return nn.functional.pad(wave, (0, max(0, min_len - wave.shape[0])))
+
+
+# ------------------------------------------------------------------------ export checks
+
 
 def _read_export_config(path: Path) -> dict:
+    """config.json of an export, every field present and of the right type."""
     if not path.is_file():
-        raise ScoringError(f"{path}: missing; an export directory holds config.json and "
-                           "model.safetensors (SpoofDetector.save_pretrained)")
+        raise ScoringError(f"{path}: missing; an export directory holds {CONFIG} and "
+                           f"{WEIGHTS} (SpoofDetector.save_pretrained)")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ScoringError(f"{path}: invalid JSON: {err}") from None
-    if cfg.get("model_type") != EXPORT_FORMAT or cfg.get("format_version") != EXPORT_VERSION:
-        raise ScoringError(f"{path}: not an sccl detector export (model_type "
-                           f"{cfg.get('model_type')!r}, format_version "
-                           f"{cfg.get('format_version')!r})")
+    except (ValueError, OSError) as err:
+        raise ScoringError(f"{path}: not a readable JSON file: {_one_line(err)}") from None
+    if not isinstance(cfg, dict):
+        raise ScoringError(f"{path}: expected a JSON object")
+    if cfg.get("model_type") != EXPORT_FORMAT:
+        raise ScoringError(f"{path}: not an sccl detector export (model_type must be "
+                           f"{EXPORT_FORMAT!r})")
+    if cfg.get("format_version") == 1:
+        raise ScoringError(f"{path}: export format 1 records no weights hash; export it again "
+                           "from its run: python -c \"from sccl.scoring import export_run; "
+                           "export_run('RUN')\"")
+    unknown = sorted(set(cfg) - set(_FIELDS))
+    if unknown:
+        raise ScoringError(f"{path}: unknown key {unknown[0]!r}")
+    for key, (what, ok) in _FIELDS.items():
+        if key not in cfg:
+            raise ScoringError(f"{path}: key {key!r} missing")
+        if not ok(cfg[key]):
+            raise ScoringError(f"{path}: {key} must be {what}")
     return cfg
+
+
+def _check_hash(weights: Path, expected: str) -> None:
+    try:
+        actual = file_sha256(weights)
+    except OSError as err:
+        raise ScoringError(f"{weights}: cannot read: {err.strerror or _one_line(err)}") from None
+    if actual != expected:
+        raise ScoringError(f"{weights}: sha256 {actual[:16]}... differs from the "
+                           f"{expected[:16]}... recorded in {CONFIG} at export: the weights were "
+                           "changed or damaged since; export them again")
+
+
+def _build_detector(cfg: dict, path: Path) -> SpoofDetector:
+    """The detector described by config.json, randomly initialised (weights loaded next)."""
+    try:
+        model_cfg = from_dict(ModelConfig, cfg["model_config"], source=f"{path}: model_config")
+    except ConfigError as err:
+        raise ScoringError(_one_line(err)) from None
+    if model_cfg.proj_dim != cfg["proj_dim"]:
+        raise ScoringError(f"{path}: proj_dim {cfg['proj_dim']} differs from model_config."
+                           f"proj_dim {model_cfg.proj_dim}")
+    try:
+        model = SupConModel(model_cfg, encoder_config=cfg["encoder_config"])
+    except Exception as err:  # transformers/torch raise many types for a bad encoder config
+        raise ScoringError(f"{path}: encoder_config: cannot build the encoder: "
+                           f"{type(err).__name__}: {_one_line(err)}") from None
+    d = cfg["proj_dim"]
+    return SpoofDetector(model, torch.zeros(1, d), torch.zeros(1), threshold=cfg["threshold"],
+                         sample_rate=cfg["sample_rate"], seconds=cfg["seconds"])
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors has its own error types
+        raise ScoringError(f"{path}: unreadable safetensors file: {_one_line(err)}") from None
+
+
+def _check_state(path: Path, state: dict[str, torch.Tensor],
+                 expected: dict[str, torch.Tensor]) -> None:
+    """Exactly the expected keys, each with the expected shape, every value finite."""
+    missing = [k for k in expected if k not in state]
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        what = (f"missing {len(missing)} tensor(s), e.g. {missing[0]!r}" if missing
+                else f"{len(extra)} unexpected tensor(s), e.g. {extra[0]!r}")
+        raise ScoringError(f"{path}: {what}; it does not match the model in {CONFIG}")
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise ScoringError(f"{path}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                               f"the model in {CONFIG} needs {tuple(ref.shape)}")
+    _check_finite(state, str(path))
 
 
 def load_detector(path: str | Path) -> SpoofDetector:
     """A run directory (stage1 + stage2) or an export directory (config.json)."""
     path = Path(path)
-    if (path / "config.json").is_file():
+    if (path / CONFIG).is_file():
         return SpoofDetector.from_pretrained(path)
     if not path.is_dir():
         raise ScoringError(f"--run {path}: not a directory")
-    return SpoofDetector.from_run(path)
+    try:
+        return SpoofDetector.from_run(path)
+    except (RunMismatchError, ModelLoadError) as err:
+        raise ScoringError(_one_line(err)) from None
 
 
 def export_run(run: str | Path, out: str | Path | None = None) -> Path:
@@ -154,33 +350,52 @@ def _audio_suffixes() -> set[str]:
     return {"." + ext.lower() for ext in sf.available_formats()} | {".mp3", ".opus"}
 
 
-def iter_inputs(paths: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(name, encoded audio bytes) for every file, directory (recursive) or shard dir."""
+Input = tuple[str, "bytes | ScoringError"]  # (name, encoded audio, or why it is unreadable)
+
+
+def _read(path: Path) -> Input:
+    try:
+        return str(path), path.read_bytes()
+    except OSError as err:
+        return str(path), ScoringError(f"{path}: cannot read: {err.strerror or _one_line(err)}")
+
+
+def iter_inputs(paths: list[str]) -> Iterator[Input]:
+    """(name, encoded audio bytes or a ScoringError) for every file, directory (recursive) or
+    shard dir; an unreadable input is yielded as its error, so the others are still scored."""
     suffixes = _audio_suffixes()
     for p in map(Path, paths):
         if (p / "manifest.json").is_file():
             yield from _iter_shard_dir(p)
         elif p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file()):
-                if f.suffix.lower() in suffixes:
-                    yield str(f), f.read_bytes()
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in suffixes)
+            if not files:
+                yield str(p), ScoringError(f"{p}: no audio files in this directory")
+            yield from map(_read, files)
         elif p.is_file():
-            yield str(p), p.read_bytes()
+            yield _read(p)
         else:
-            raise ScoringError(f"{p}: no such file or directory")
+            yield str(p), ScoringError(f"{p}: no such file or directory")
 
 
-def _iter_shard_dir(shard_dir: Path) -> Iterator[tuple[str, bytes]]:
-    manifest = json.loads((shard_dir / "manifest.json").read_text(encoding="utf-8"))
-    for entry in manifest.get("shards", []):
-        tar_path = shard_dir / entry["name"]
+def _iter_shard_dir(shard_dir: Path) -> Iterator[Input]:
+    manifest_path = shard_dir / "manifest.json"
+    try:
+        entries = json.loads(manifest_path.read_text(encoding="utf-8"))["shards"]
+        names = [e["name"] for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        yield str(manifest_path), ScoringError(f"{manifest_path}: unreadable shard manifest: "
+                                               f"{_one_line(err)}")
+        return
+    for name in names:
+        tar_path = shard_dir / name
         try:
             with tarfile.open(tar_path, mode="r:") as tar:
                 for m in tar:
                     if m.isfile() and not m.name.endswith(".json"):
                         yield f"{tar_path}/{m.name}", tar.extractfile(m).read()
         except (tarfile.TarError, OSError) as err:
-            raise ScoringError(f"{tar_path}: unreadable shard: {err}") from None
+            yield str(tar_path), ScoringError(f"{tar_path}: unreadable shard: {_one_line(err)}")
 
 
 def _decode(name: str, data: bytes, sample_rate: int, min_len: int) -> torch.Tensor:
@@ -189,16 +404,17 @@ def _decode(name: str, data: bytes, sample_rate: int, min_len: int) -> torch.Ten
     try:
         wave = decode(data, sample_rate=sample_rate)
     except AudioDecodeError as err:
-        raise ScoringError(f"{name}: {err}") from None
+        raise ScoringError(f"{name}: {_one_line(err)}") from None
     if wave.numel() == 0:
         raise ScoringError(f"{name}: no audio samples")
-    # Shorter than one encoder frame: pad with silence rather than refuse (a 20 ms clip).
-    return nn.functional.pad(wave, (0, max(0, min_len - wave.shape[0])))
+    return _pad_to(wave, min_len)
 
 
-def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions,
-                batch_size: int = 8) -> Iterator[tuple[str, float, str]]:
-    """(name, score, decision) for every input, in input order, ``batch_size`` files at once."""
+def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions, batch_size: int = 8,
+                on_error: Callable[[ScoringError], None] | None = None
+                ) -> Iterator[tuple[str, float, str]]:
+    """(name, score, decision) for every readable input, in input order, ``batch_size`` files
+    at once. An unreadable input goes to ``on_error`` (default: raise its ScoringError)."""
     from sccl.audio import collate
 
     batch: list[tuple[str, torch.Tensor]] = []
@@ -212,52 +428,86 @@ def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions,
 
     rf = det.model.receptive_field
     for name, data in iter_inputs(paths):
-        batch.append((name, _decode(name, data, det.sample_rate, rf)))
+        try:
+            if isinstance(data, ScoringError):
+                raise data
+            batch.append((name, _decode(name, data, det.sample_rate, rf)))
+        except ScoringError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+            continue
         if len(batch) == batch_size:
             yield from flush()
     if batch:
         yield from flush()
 
 
+DESCRIPTION = """\
+Score audio files with a trained run: one TSV line per file (path, score, decision).
+The score is the classifier's logit (higher = bona fide); the decision is "bonafide" when
+the score exceeds the dev-set EER threshold fixed by Stage 2, else "spoof". Inputs: audio
+files of any format, rate and channel count, directories (searched recursively) and shard
+directories. An unreadable input is reported on stderr and the rest are still scored.
+Exit codes: 0 all scored, 1 some input unreadable, 2 bad options or model."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sccl-score", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="sccl-score", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run directory (stage1 + stage2) or RUN/export")
     p.add_argument("paths", nargs="+", help="audio files, directories, shard directories")
     p.add_argument("--out", help="write the TSV here (atomically) instead of stdout")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable input and write no TSV")
     p.add_argument("--crop", choices=("windows", "first", "full"), default="windows",
-                   help="windows: mean over windows (default); first: first --seconds only")
+                   help="windows: mean over windows (default); first: first --seconds only; "
+                        "full: the whole file at once")
     p.add_argument("--seconds", type=float, default=None,
                    help="window / crop length (default: the Stage 2 crop length)")
     p.add_argument("--hop-seconds", type=float, default=None, help="window hop (default: half)")
-    p.add_argument("--batch-size", type=int, default=8, help="files per forward pass")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=8, help="files per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit code 0 all scored, 1 some input unreadable, 2 bad options or model."""
     args = parse_args(argv)
     try:
         det = load_detector(args.run)
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                               if args.device == "auto" else args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ScoringError(f"--device {args.device}: no CUDA device here")
         det.to(device)
-        seconds = args.seconds or det.seconds
-        opts = EmbedOptions(crop=args.crop, seconds=seconds,
-                            hop_seconds=args.hop_seconds or 0.0,
-                            batch_size=max(1, args.batch_size))
-        rows = list(score_paths(det, args.paths, opts, args.batch_size))
-    except (ScoringError, RunMismatchError, ModelLoadError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        opts = det.options(args.crop, args.seconds, args.hop_seconds, args.batch_size)
+    except (ScoringError, ValueError, RuntimeError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    failed: list[ScoringError] = []
+
+    def report(err: ScoringError) -> None:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        failed.append(err)
+
+    try:
+        rows = list(score_paths(det, args.paths, opts, max(1, args.batch_size),
+                                on_error=None if args.strict else report))
+    except ScoringError as err:  # --strict
+        print(f"error: {err} (--strict: stopped, nothing written)", file=sys.stderr)
+        return 1
     text = "path\tscore\tdecision\n" + "".join(f"{n}\t{s:.6f}\t{d}\n" for n, s, d in rows)
     if args.out:
         with atomic_open(args.out, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text)
-    return 0
+    if failed:
+        print(f"error: {len(failed)} input(s) could not be scored (listed above); "
+              f"{len(rows)} scored", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
