@@ -3,8 +3,8 @@
     python bench/bench_loss.py                       # B=32, D=256, CPU, Markdown table
     python bench/bench_loss.py --queue-sizes 0 4096 --json bench/results/loss.json
 
-The loop version computes the same loss one anchor at a time (the pattern DESIGN.md warns
-against); both are checked to agree before timing. Times are medians over --repeats runs.
+The loop version computes the same loss one anchor at a time (the pattern docs/design.md
+warns against); both are checked to agree before timing. Times are medians over --repeats runs.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from sccl.queue import EmbeddingQueue
 
 TEMPERATURE = 0.3  # the study's cosine temperature
 GRAD_CLIP = 5.0
-ENCODER_LR, HEAD_LR, WEIGHT_DECAY = 1e-5, 5e-4, 3e-3  # REFERENCE.md
+ENCODER_LR, HEAD_LR, WEIGHT_DECAY = 1e-5, 5e-4, 3e-3  # the study's (docs/study.md)
 
 
 @dataclass(frozen=True)

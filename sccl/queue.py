@@ -2,7 +2,8 @@
 
 A plain object kept outside the wrapped model (not a DDP buffer, never broadcast or
 averaged): every rank enqueues the same gathered batch in the same order, so every rank
-holds the same queue. Typical step (see REFERENCE.md "Queue"):
+holds the same queue. Typical step (the study's queue: docs/study.md "Queue"; the contract:
+docs/design.md):
 
     if queue_active(epoch, step, size=Q, start_epoch=6, start_step=0):
         qz, ql = queue.get()                      # before the forward: the batch is never in it
@@ -26,8 +27,8 @@ def queue_active(
 ) -> bool:
     """Whether the queue is used (read and filled) at this step.
 
-    epoch is 1-based as in REFERENCE.md ("created empty at epoch 6" = start_epoch 6; 1 =
-    from the start); step is the global optimizer step about to run (0 = the first step of
+    epoch is 1-based as in docs/study.md (the study's delayed queue, "created empty at epoch 6",
+    is start_epoch 6; 1 = from the start); step is the global optimizer step about to run (0 = the first step of
     the run); start_step 0 = no step condition. Both conditions must hold (AND); size 0 turns
     the queue off. The queue fills only while active, so it starts empty."""
     for name, value, low in (

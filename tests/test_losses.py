@@ -1,5 +1,5 @@
 """supcon_loss against independent implementations: a per-anchor loop written from the
-REFERENCE.md formula, and the SupContrast (Khosla et al.) recipe re-derived here."""
+docs/study.md formula, and the SupContrast (Khosla et al.) recipe re-derived here."""
 
 from __future__ import annotations
 
