@@ -1,13 +1,15 @@
 """Build a shard directory: parse, plan, write shards in parallel, resume, manifest last.
 
 Resume: ``.build-state.json`` in the output directory records the build's arguments, the
-plan digest and one entry (bytes, sha256, counts, duration) per finished shard; it is
-rewritten atomically after every shard. A rerun with the same arguments and plan skips each
-shard whose file still hashes to its recorded sha256 and rebuilds the rest. ``manifest.json``
-is written last (its presence = build complete) and the state file is then removed; a
-complete manifest serves as the state for later reruns. Any other build found in the
-directory is an error; ``overwrite`` removes whatever build it holds (only that build's files:
-manifest, state, shard-named tars, temporaries) and builds afresh.
+plan digest, the plan's shard names and one entry (bytes, sha256, counts, duration) per
+finished shard; the parent process rewrites it atomically as each shard finishes, so a
+kill -9 loses at most the shards in flight. A rerun with the same arguments and plan skips
+each shard whose file still hashes to its recorded sha256 and rebuilds the rest.
+``manifest.json`` is written last (its presence = build complete) and the state file is then
+removed; a complete manifest serves as the state for later reruns. Any other build found in
+the directory is an error; ``overwrite`` removes the files that build recorded (nothing
+else: shards.outdir) and builds afresh. The whole build holds ``sccl.lock.DirLock`` on the
+directory, so a second build into it stops at once, naming the first.
 
     from shards.build import BuildOptions, build
     manifest = build(BuildOptions(fmt="asvspoof2019", protocol=..., audio_dir=..., out_dir=...))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import shards
-from shards.cli import byte_size, main
+from shards.cli import byte_size, main, make_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,3 +152,61 @@ def test_synth_corpus_shards_in_every_format(tmp_path, capsys):
         assert main(["verify", str(out / name), "--decode", "--no-progress"]) == 0
         manifest = json.loads((out / name / "manifest.json").read_text())
         assert manifest["counts"]["bonafide"] > 0 and manifest["counts"]["spoof"] > 0
+
+
+LA21_KEYS = ["LA_0009 LA_E_9332881 alaw ita_tx A07 spoof notrim eval",
+             "LA_0020 LA_E_7294490 g722 loc_tx bonafide bonafide notrim eval",
+             "LA_0021 LA_E_1000003 alaw ita_tx A10 spoof notrim progress",
+             "LA_0022 LA_E_1000004 nocodec nocodec bonafide bonafide notrim hidden_track"]
+
+
+def test_info_shows_2021_subsets_and_codecs(tmp_path, write_audio, capsys):
+    audio, proto = tmp_path / "ASVspoof2021_LA_eval", tmp_path / "trial_metadata.txt"
+    for line in LA21_KEYS:
+        write_audio(audio / "flac" / f"{line.split()[1]}.flac")
+    proto.write_text("\n".join(LA21_KEYS) + "\n")
+    out = tmp_path / "la21"
+    assert main(["build", "--format", "asvspoof2021", "--protocol", str(proto), "--audio-dir",
+                 str(audio), "--out", str(out), "--subset", "all", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["subsets"] == {"eval": {"bonafide": 1, "spoof": 1},
+                                   "hidden_track": {"bonafide": 1, "spoof": 0},
+                                   "progress": {"bonafide": 0, "spoof": 1}}
+    assert manifest["codecs"] == {"alaw": {"bonafide": 0, "spoof": 2},
+                                  "g722": {"bonafide": 1, "spoof": 0},
+                                  "nocodec": {"bonafide": 1, "spoof": 0}}
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("subsets")
+    assert lines[at:at + 4] == ["subsets", "  eval         2  (bonafide 1, spoof 1)",
+                                "  hidden_track 1  (bonafide 1, spoof 0)",
+                                "  progress     1  (bonafide 0, spoof 1)"]
+    at = lines.index("codecs")
+    assert lines[at + 1] == "  alaw         2  (bonafide 0, spoof 2)"
+    assert "short clips  0  (< 400 samples at 16 kHz)" in lines
+    for key in ("subsets", "codecs", "short"):  # a manifest of an older builder still reads
+        manifest.pop(key)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "subsets      not recorded (built by an older sccl-shards" in text
+    assert "codecs" not in text and "attacks" in text
+
+
+def test_every_synth_option_is_documented_with_its_default():
+    from shards.synth_layout import SIZES
+
+    parser = make_parser()
+    synth = parser._subparsers._group_actions[0].choices["synth"]
+    options = [a for a in synth._actions if a.dest != "help"]
+    assert {a.dest for a in options} == {"out", "size", "seed", "workers"}
+    for action in options:
+        assert action.help, action.dest
+        assert action.required or f"default {action.default}" in action.help \
+            or f"default: {action.default}" in action.help, action.help
+    text = synth.format_help()
+    for size, spec in SIZES.items():
+        files = sum(bona + spoof for key, (bona, spoof, *_) in spec.items() if key != "seconds")
+        lo, hi = spec["seconds"]
+        assert f"'{size}': {files} files of {lo:g}-{hi:g} s" in " ".join(text.split())

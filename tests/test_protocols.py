@@ -106,6 +106,19 @@ def test_csv_crlf_and_bom_accepted(tmp_path):
     assert [(r.utt_id, r.label, r.lineno) for r in recs] == [("x1", "spoof", 2)]
 
 
+@pytest.mark.parametrize("fmt,text", [("asvspoof2019", LA19), ("asvspoof2021", LA21),
+                                      ("asvspoof2021", DF21), ("itw", ITW)])
+def test_a_leading_bom_is_dropped_in_every_format(tmp_path, fmt, text):
+    """Saved by a spreadsheet or a Windows editor, the first speaker read '\ufeffLA_0079'."""
+    plain = load_protocol(fmt, write(tmp_path, text, "plain.txt"), split="t", subset="all")
+    bom = load_protocol(fmt, write(tmp_path, ("\ufeff" + text).encode(), "bom.txt", "wb"),
+                        split="t", subset="all")
+    assert [r.speaker for r in bom.records] == [r.speaker for r in plain.records]
+    assert [(r.utt_id, r.lineno) for r in bom.records] == \
+        [(r.utt_id, r.lineno) for r in plain.records]
+    assert not any("\ufeff" in r.speaker + r.utt_id + r.path for r in bom.records)
+
+
 def test_csv_unknown_column(tmp_path):
     msg = error_of("csv", write(tmp_path, "path,label,gender\nx.wav,spoof,f\n"))
     assert "proto.txt:1: path,label,gender" in msg and "unknown column(s) ['gender']" in msg
