@@ -3,11 +3,18 @@
 A failing task stops the run: the pending tasks are cancelled and the first error is
 re-raised naming its shard (a pool that swallows worker exceptions hides broken data).
 ``ShardsError`` and ``OSError`` stay user-facing ``ShardsError``s; anything else is a bug
-and keeps its traceback chained.
+and keeps its traceback chained. Workers die with their parent: a pool worker orphaned by a
+kill -9 of the build would otherwise wait forever and could still rename a stale shard
+into the directory while a later build works there.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -51,8 +58,25 @@ def run_tasks(fn: Callable[..., Any], tasks: list[Task], *, workers: int = 1,
         bar.close()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: exit when the parent process dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: watch from a thread instead
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _run_pool(fn, tasks: list[Task], workers: int, bar) -> Iterator[tuple[str, Any]]:
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(fn, *args): (name, weight) for name, args, weight in tasks}
         try:
             while pending:

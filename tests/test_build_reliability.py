@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -127,6 +128,37 @@ def test_kill9_of_a_two_worker_build_resumes_only_unfinished_shards(la19_corpus,
     assert {n: (out / n).stat().st_ino for n in recorded} == kept  # finished shards untouched
     assert m == build(opts(la19_corpus, tmp_path / "clean", shard_size=1))
     assert dir_bytes(out) == dir_bytes(tmp_path / "clean")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_pool_workers_die_with_a_killed_parent(la19_corpus, tmp_path):
+    out = tmp_path / "out"
+    proc = start_hooked_build(tmp_path, SLOW_AFTER_FOUR, build_args(
+        la19_corpus, out, "--shard-size", "1", "--workers", "2"))
+    try:
+        wait_for(lambda: (out / "train-000005.tar").exists(), proc, "shard 5 written")
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only: its workers are orphaned
+        proc.wait()
+        end = time.monotonic() + 10
+        while group_members(proc.pid) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert group_members(proc.pid) == []  # no orphan left to write into --out
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_overwrite_never_deletes_what_no_build_recorded(la19_corpus, tmp_path):
