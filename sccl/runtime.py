@@ -11,9 +11,11 @@ Run directory of a stage (``StagePaths``; Stage 1 = ``<run>/stage1``):
                                      optimizer, RNG, scaler), trainer_state.json, queue.pt
     <run>/<stage>/best/, last/       weights only: model_config.json + model.safetensors + info.json
 
-A checkpoint is written to ``checkpoints/.tmp-step-N`` by every rank and renamed by the main
-process once all ranks are done, so a directory named ``step-N`` is always complete (the run
-directory must be on a file system every rank shares).
+A checkpoint is written to ``checkpoints/.tmp-step-N`` by every rank; the main process then
+records every file's size and sha256 in ``manifest.json`` (written last, atomically) and
+renames the directory, so a directory named ``step-N`` is complete (the run directory must be
+on a file system every rank shares). Before resuming, the newest checkpoint is checked against
+its manifest; a damaged one is skipped with a warning naming the file (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -132,15 +134,18 @@ class JsonlLogger:
     """Appends one JSON object per line to ``path`` (main process only; others no-op).
 
     On resume, lines logged after the checkpoint's step (``global_step`` > ``resume_step``)
-    are dropped first, so the file reads like the uninterrupted run's."""
+    are dropped first, so the file reads like the uninterrupted run's; a fresh run
+    (``resume_step`` None) starts the file afresh."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None = None) -> None:
         self.path, self.enabled = path, enabled
-        if enabled and resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if _logged_step(line, resume_step + 1) <= resume_step]
-            from shards.atomic import atomic_write_text
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if not (enabled and path.exists()):
+            return
+        kept = [] if resume_step is None else [
+            line for line in path.read_text().splitlines()
+            if _logged_step(line, resume_step + 1) <= resume_step]
+        from shards.atomic import atomic_write_text
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -159,14 +164,16 @@ def tracker_config(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 set a flag; the trainer polls it at step boundaries.
+    """SIGTERM / SIGINT / SIGUSR1 set a flag; the trainer polls it at step boundaries (and
+    between dev batches).
 
     The handler only records the signal (nothing unsafe runs inside it). ``agreed`` sums the
     flag over ranks so that every rank stops at the same step even when only some ranks (or
-    only the launcher's first child) received the signal. Previous handlers come back on
-    ``close``."""
+    only the launcher's first child) received the signal. SIGINT is a stop request too, not an
+    abort: under ``accelerate launch`` one Ctrl-C reaches every rank twice (from the terminal
+    and forwarded by the launcher). Previous handlers come back on ``close``."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -183,6 +190,18 @@ class StopSignal:
     def close(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Block the stop signals while a loader may fork its workers (pending ones are handled
+    on exit). A forked worker inherits the blocked mask, so a signal sent to every process of
+    the job (as Slurm does) cannot kill a worker before its ``worker_init_fn`` ignores it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, StopSignal.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def send_stop_to_self() -> None:
@@ -214,6 +233,8 @@ class TrainerState:
     nonfinite_total: int = 0  # skipped steps with a NaN/inf loss or gradient norm
     nonfinite_consecutive: int = 0
     finished: bool = False  # all epochs ran or early stopping triggered
+    queue_started: bool = False  # some optimizer step so far used the queue
+    selection_from: int = 0  # epoch from which best/ is chosen (0 = not restarted)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,19 +268,23 @@ class TrainerState:
 # ------------------------------------------------------------------------ checkpoints
 
 
+MANIFEST = "manifest.json"
+
+
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint directories under ``root``, oldest first."""
+    """Checkpoint directories under ``root`` (with a manifest or a trainer state), oldest
+    first; whether each is intact is ``checkpoint_damage``'s question."""
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name)
-             and (p / "trainer_state.json").is_file()]
+             and ((p / MANIFEST).is_file() or (p / "trainer_state.json").is_file())]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def save_checkpoint(accelerator, root: Path, state: TrainerState, queue_state: dict | None,
                     keep: int) -> Path:
-    """Save the full training state atomically as ``root/step-<global_step>``; keep the
-    newest ``keep`` checkpoints. Every rank must call it."""
+    """Save the full training state atomically as ``root/step-<global_step>`` with a manifest
+    of its files; keep the newest ``keep`` checkpoints. Every rank must call it."""
     final = root / f"step-{state.global_step:08d}"
     tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process and tmp.exists():
@@ -269,8 +294,9 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, queue_state: d
     if accelerator.is_main_process:
         torch.save(queue_state, tmp / "queue.pt")
         atomic_write_json(tmp / "trainer_state.json", state.to_dict())
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # every rank's files are in tmp
     if accelerator.is_main_process:
+        write_manifest(tmp)
         _replace_dir(tmp, final)
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -291,12 +317,75 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.close(fd)
 
 
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(ckpt: Path) -> None:
+    """``manifest.json``: size and sha256 of every file of ``ckpt`` (written last)."""
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": file_digest(p)}
+             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    atomic_write_json(ckpt / MANIFEST, {"format": 1, "files": files})
+
+
+def checkpoint_damage(ckpt: Path) -> str | None:
+    """None when ``ckpt`` is intact, else ``"<file>: <what is wrong>"``. With a manifest every
+    file's size and sha256 are checked; a checkpoint of older sccl versions (no manifest) can
+    only be checked by parsing each of its files."""
+    manifest = ckpt / MANIFEST
+    if not manifest.is_file():
+        return _legacy_damage(ckpt)
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        items = [(ckpt / rel, int(m["size"]), str(m["sha256"])) for rel, m in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{manifest}: unreadable"
+    for path, size, digest in items:
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != size:
+            return f"{path}: {path.stat().st_size} bytes, {size} when saved (truncated?)"
+        if file_digest(path) != digest:
+            return f"{path}: content differs from the sha256 recorded when saved"
+    return None
+
+
+def _legacy_damage(ckpt: Path) -> str | None:
+    from safetensors.torch import load_file
+
+    for path in sorted(p for p in ckpt.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                load_file(path)
+            elif path.suffix in (".pkl", ".bin", ".pt", ".pth"):
+                torch.load(path, map_location="cpu", weights_only=False)  # our own files
+        except Exception as e:  # any parse failure means damage; the kind is in the message
+            return f"{path}: unreadable ({type(e).__name__}; a checkpoint without manifest)"
+    state = ckpt / "trainer_state.json"
+    return None if state.is_file() else f"{state}: missing"
+
+
 def load_checkpoint(accelerator, path: Path, queue) -> TrainerState:
     """Restore Accelerate state (model, optimizer, scheduler, every rank's RNG) and the queue
-    from ``path``; return the trainer state. A checkpoint that does not fit the current
-    config (model, queue size or world size changed) is a ``ConfigError``."""
+    from ``path`` (verified intact by ``choose_checkpoint``); return the trainer state. A
+    checkpoint that does not fit the current config (model, queue size or world size
+    changed) is a ``ConfigError``; nothing continues from a partial load."""
     from sccl.config import ConfigError
 
+    advice = (f"cannot resume from {path} (its files are intact): {{}}. Did the model, loss or "
+              "number of processes change? Use a new --run.dir (or --run.resume PATH)")
+    # Accelerate only logs (at info level) a missing or unreadable RNG file and goes on.
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    missing = torch.tensor([float(not rng.is_file())], device=accelerator.device)
+    if dist.all_reduce_sum(missing).item() > 0:
+        raise ConfigError(advice.format(f"it holds no random state for {accelerator.num_processes}"
+                                        " processes"))
     try:
         accelerator.load_state(str(path))
         state = TrainerState.from_dict(json.loads((path / "trainer_state.json").read_text()))
@@ -304,8 +393,7 @@ def load_checkpoint(accelerator, path: Path, queue) -> TrainerState:
         if queue_state is not None:
             queue.load_state_dict(queue_state)
     except (RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
-        raise ConfigError(f"cannot resume from {path}: {e}. Did the model, loss or number of "
-                          "processes change? Use a new --run.dir (or --run.resume PATH)") from e
+        raise ConfigError(advice.format(e)) from e
     return state
 
 
@@ -361,25 +449,74 @@ def queue_checksum(queue_state: dict | None) -> str:
     return h.hexdigest()[:16]
 
 
-def find_resume_checkpoint(resume: str, root: Path) -> Path | None:
-    """Checkpoint to resume from for ``run.resume``: "auto" = the newest complete one under
-    ``root`` (None when there is none), "never" = None (and ``root`` must hold none), or a
-    path to a checkpoint directory."""
+def choose_checkpoint(resume: str, root: Path) -> Path | None:
+    """Checkpoint to resume from for ``run.resume``: "auto" = the newest intact one under
+    ``root`` (None when there is none; damaged newer ones are skipped with a warning naming
+    the damaged file), "never" = None (and ``root`` must hold none), or a path to a
+    checkpoint directory (which must be intact). Reads every file it checks: call it on the
+    main process only."""
     from sccl.config import ConfigError
 
     found = list_checkpoints(root)
-    if resume == "auto":
-        return found[-1] if found else None
     if resume == "never":
         if found:
             raise ConfigError(f"run.resume=never but {root} already holds checkpoints; use "
                               "--run.resume auto to continue that run, or a new --run.dir")
         return None
-    path = Path(resume).expanduser()
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError(f"run.resume: {path} is not a checkpoint directory (no "
-                          "trainer_state.json); use auto, never or a checkpoints/step-N dir")
-    return path
+    if resume != "auto":
+        path = Path(resume).expanduser()
+        if not ((path / "trainer_state.json").is_file() or (path / MANIFEST).is_file()):
+            raise ConfigError(f"run.resume: {path} is not a checkpoint directory (no "
+                              "trainer_state.json); use auto, never or a checkpoints/step-N dir")
+        found = [path]
+    damaged = []
+    for ckpt in reversed(found):
+        problem = checkpoint_damage(ckpt)
+        if problem is None:
+            for bad in damaged:
+                print(f"warning: damaged checkpoint skipped: {bad}; resuming from {ckpt}",
+                      file=sys.stderr, flush=True)
+            return ckpt
+        damaged.append(problem)
+    if damaged:
+        raise ConfigError(f"no intact checkpoint to resume from: {'; '.join(damaged)}. Restore "
+                          "the file, or move the damaged checkpoint directories aside (the run "
+                          "then starts over) or resume from another with --run.resume PATH")
+    return None
+
+
+class StageClaim:
+    """Exclusive use of a stage directory for one run (``sccl.lock.DirLock``, taken by the
+    main process) and the checkpoint it resumes from (``choose_checkpoint``). Every rank
+    learns the outcome from one broadcast, so all raise the same ``ConfigError`` (exit 2)
+    when the directory is in use or no checkpoint is intact; none hangs. ``release`` also
+    removes the directories the claim created if they stayed empty (an input error)."""
+
+    def __init__(self, accelerator, paths: StagePaths, what: str, resume: str) -> None:
+        from sccl.config import ConfigError
+        from sccl.lock import DirLock, LockHeldError
+
+        self.lock, checkpoint, error = None, None, None
+        self.created = [d for d in (paths.dir, paths.root) if not d.exists()]
+        if accelerator.is_main_process:
+            try:
+                self.lock = DirLock(paths.dir, what=f"{what} of {paths.root}").acquire()
+                checkpoint = choose_checkpoint(resume, paths.checkpoints)
+            except (LockHeldError, ConfigError) as e:
+                error = str(e)
+        checkpoint, error = dist.broadcast_object((checkpoint, error))
+        if error is not None:
+            self.release()
+            raise ConfigError(error)
+        self.resume_from: Path | None = checkpoint
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for d in self.created:  # only what this claim created, and only when still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
@@ -539,7 +676,8 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 def weights_info(state: TrainerState, dev_loss: float | None, epoch: int) -> dict[str, Any]:
     return {"epoch": epoch, "global_step": state.global_step, "dev_loss": dev_loss,
-            "best_dev_loss": state.best_dev_loss, "best_epoch": state.best_epoch}
+            "best_dev_loss": state.best_dev_loss, "best_epoch": state.best_epoch,
+            "queue_active": state.queue_started, "selection_from": state.selection_from}
 
 
 def rank_checksums(queue, model, device: torch.device) -> dict[str, list[str]]:

@@ -11,9 +11,13 @@ after every epoch and stops early on it. Writes ``<run>/stage1`` (layout in
 sccl/runtime.py): config.yaml, log.jsonl, tb/, checkpoints/step-N (resumable), best/ and
 last/ (``SupConModel.save_pretrained``; Stage 2 reads best/).
 
-Resume: rerun the same command (``--run.resume auto``, the default). SIGTERM or SIGUSR1 make
-every rank checkpoint at the next optimizer step and exit 0. Exit codes: 0 done or
-preempted, 2 bad input (config, model path, shards), 3 too many non-finite losses.
+Resume: rerun the same command (``--run.resume auto``, the default; a damaged newest
+checkpoint is skipped with a warning). SIGTERM, SIGINT or SIGUSR1 (to the launcher, or to every
+process of the job at once as Slurm sends them) make every rank checkpoint at the next
+optimizer step, or at once during the dev evaluation, and exit 0. The stage directory is
+locked while the run lasts: a second run on it exits 2 naming the holder. Guarantees and their
+tests: docs/reliability.md. Exit codes: 0 done or preempted, 2 bad input (config, model path,
+shards, a run directory in use, no intact checkpoint), 3 too many non-finite losses.
 """
 # ruff: noqa: E402  (the sys.path fix below must run before the imports)
 
@@ -32,11 +36,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from accelerate.utils import DistributedType
 
 from sccl import dist
 from sccl import runtime as rt
-from sccl.config import ConfigError, RunConfig, flatten, parse_config, to_dict
+from sccl.config import (
+    ConfigError,
+    RunConfig,
+    flatten,
+    parse_config,
+    report_input_error,
+    to_dict,
+)
 from sccl.data import (
     CorruptDataError,
     DataConfig,
@@ -51,7 +61,8 @@ from sccl.queue import EmbeddingQueue, queue_active
 
 @dataclass
 class OptimConfig:
-    """AdamW, clipping, schedule and length of training (defaults: REFERENCE.md)."""
+    """AdamW, clipping, schedule, length of training and model selection (defaults: the
+    study's, docs/study.md)."""
 
     epochs: int = 100  # maximum number of epochs
     patience: int = 10  # stop after this many epochs without a better dev loss (0 = never)
@@ -62,10 +73,18 @@ class OptimConfig:
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.999  # AdamW beta2
     eps: float = 1e-8  # AdamW epsilon
-    grad_clip: float = 5.0  # max global gradient norm (0 = no clipping)
+    grad_clip: float = 5.0  # max gradient norm over clip_scope's parameters (0 = no clipping)
+    clip_scope: Literal["head", "all"] = "head"
+    """Gradients that grad_clip clips: "head" = the projection head's only (the study),
+    "all" = encoder and head together (the only scope DeepSpeed can do: it clips inside its
+    own step, so "head" is refused there)."""
     grad_accum_steps: int = 1  # micro-batches per optimizer step (the remainder of an epoch is dropped)
     scheduler: Literal["none", "cosine", "linear"] = "none"  # lr decay to 0 (the study: none)
     warmup_steps: int = 0  # linear warm-up optimizer steps (scheduler cosine/linear only)
+    select_after_queue_start: bool = True
+    """With a queue (loss.queue_size > 0): forget the best dev loss and the patience count at
+    the end of the first epoch that used the queue, so best/ and early stopping only consider
+    epochs trained with it (no early stop before it); false = every epoch competes."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.patience < 0 or self.grad_accum_steps < 1:
@@ -127,40 +146,63 @@ def supcon_forward(model, batch, queue, cfg: LossConfig, device):
 
 
 @torch.no_grad()
-def dev_loss(model, cfg: TrainConfig, accelerator) -> float | None:
-    """Mean balanced dev SupCon loss (no queue) over the batches gathered from all ranks,
-    so the value does not depend on the world size; None without dev shards."""
+def dev_loss(model, cfg: TrainConfig, accelerator, stop: rt.StopSignal) -> tuple[float | None, bool]:
+    """(mean balanced dev SupCon loss (no queue) over the batches gathered from all ranks, so
+    the value does not depend on the world size, or None without dev shards; whether a stop
+    signal cut the evaluation short). RNG-neutral, so an evaluation cut short and rerun after
+    resuming leaves the training random streams as an uninterrupted run's."""
     if not cfg.data.dev_shards:
-        return None
+        return None, False
     model.eval()
     total, count = 0.0, 0
     loader = build_dev_loader(cfg.data, rank=accelerator.process_index,
                               world_size=accelerator.num_processes)
-    for batch in loader:
-        z = model(batch["wave"].to(accelerator.device), batch["attention_mask"].to(accelerator.device))
-        labels = batch["label"].to(accelerator.device)
-        loss = supcon_loss(dist.all_gather_no_grad(z), dist.all_gather_no_grad(labels),
-                           temperature=cfg.loss.temperature, similarity=cfg.loss.similarity)
-        total, count = total + float(loss), count + 1
+    batches = iter(loader)
+    with torch.random.fork_rng(devices=[]):
+        while not (stopped := stop.agreed(accelerator.device)):  # same count on every rank
+            with rt.stop_signals_deferred():
+                batch = next(batches, None)
+            if batch is None:
+                break
+            z = model(batch["wave"].to(accelerator.device),
+                      batch["attention_mask"].to(accelerator.device))
+            labels = batch["label"].to(accelerator.device)
+            loss = supcon_loss(dist.all_gather_no_grad(z), dist.all_gather_no_grad(labels),
+                               temperature=cfg.loss.temperature, similarity=cfg.loss.similarity)
+            total, count = total + float(loss), count + 1
     model.train()
-    return total / count if count else None
+    return (None if stopped or not count else total / count), stopped
 
 
-def train(cfg: TrainConfig) -> int:
-    """Set up (accelerator, data, model, optimizer, queue, resume) and run the epochs."""
-    if not cfg.run.dir:
-        raise ConfigError("run.dir is required (the run directory, e.g. --run.dir runs/exp1)")
-    if not cfg.data.train_shards:
-        raise ConfigError("data.train_shards is required (a directory from sccl-shards build)")
-    paths = rt.StagePaths(Path(cfg.run.dir), "stage1")
-    accelerator = rt.build_accelerator(cfg.run.mixed_precision, cfg.optim.grad_accum_steps,
-                                       paths.dir, cfg.run.tensorboard)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and cfg.optim.grad_accum_steps > 1:
+def absolute_paths(cfg: TrainConfig) -> None:
+    """Store every path of the config absolute, so the saved config.yaml works from any
+    directory (Stage 2 and evaluation read it). A model.encoder that names no existing
+    path is a preset or hub id and stays as it is."""
+    cfg.run.dir = str(Path(cfg.run.dir).expanduser().resolve())
+    for name in ("train_shards", "dev_shards"):
+        if value := getattr(cfg.data, name):
+            setattr(cfg.data, name, str(Path(value).expanduser().resolve()))
+    if Path(cfg.model.encoder).expanduser().exists():
+        cfg.model.encoder = str(Path(cfg.model.encoder).expanduser().resolve())
+    if cfg.run.resume not in ("auto", "never"):
+        cfg.run.resume = str(Path(cfg.run.resume).expanduser().resolve())
+
+
+def check_config(cfg: TrainConfig, accelerator) -> int:
+    """Input checks that need the world size; returns the number of batches per epoch.
+    Planning the epoch-1 and dev loaders checks the shards before a model is built."""
+    world, o = accelerator.num_processes, cfg.optim
+    deepspeed = accelerator.distributed_type == "DEEPSPEED"
+    if deepspeed and o.grad_accum_steps > 1:
         # DeepSpeed steps inside backward() on the last micro-batch and owns the gradient
         # buffers, so a NaN/inf micro-batch could not be dropped from its window.
         raise ConfigError("optim.grad_accum_steps > 1 is not supported under DeepSpeed: "
                           "raise data.batch_size or use DDP (launch/multi_gpu.yaml)")
+    if deepspeed and o.grad_clip > 0 and o.clip_scope == "head":
+        # DeepSpeed clips every gradient inside its step, which backward() already took.
+        raise ConfigError("optim.clip_scope=head cannot be honoured under DeepSpeed (it clips "
+                          "encoder and head together inside its step): set --optim.clip_scope "
+                          "all, or --optim.grad_clip 0, or use DDP (launch/multi_gpu.yaml)")
     if cfg.data.batch_size % world:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the global batch: it must "
                           f"be divisible by the number of processes ({world})")
@@ -169,23 +211,47 @@ def train(cfg: TrainConfig) -> int:
     if min(bona, per_rank - bona) < 2 and not cfg.loss.gather_batch and accelerator.is_main_process:
         print(f"warning: {per_rank} rows per rank leave some anchors without a positive (their "
               "loss is 0); raise data.batch_size or set loss.gather_batch", file=sys.stderr)
-    resume_from = rt.find_resume_checkpoint(cfg.run.resume, paths.checkpoints)
-    # Planning the epoch-1 and dev loaders checks the shards before a model is built.
+    rank = accelerator.process_index
     n_batches = len(build_train_loader(cfg.data, rank=rank, world_size=world, epoch=1))
     if cfg.data.dev_shards:
         build_dev_loader(cfg.data, rank=rank, world_size=world)
-    steps_per_epoch = n_batches // cfg.optim.grad_accum_steps
-    if steps_per_epoch == 0:
+    if n_batches < o.grad_accum_steps:
         raise ConfigError(f"{cfg.data.train_shards}: {n_batches} batches of data.batch_size="
                           f"{cfg.data.batch_size} per epoch, fewer than optim.grad_accum_steps")
+    return n_batches
 
+
+def train(cfg: TrainConfig, stop: rt.StopSignal) -> int:
+    """Set up (accelerator, data, lock, model, optimizer, queue, resume) and run the epochs.
+    ``stop`` is installed before anything slow, so an early signal is not lost."""
+    if not cfg.run.dir:
+        raise ConfigError("run.dir is required (the run directory, e.g. --run.dir runs/exp1)")
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards is required (a directory from sccl-shards build)")
+    absolute_paths(cfg)
+    paths = rt.StagePaths(Path(cfg.run.dir), "stage1")
+    accelerator = rt.build_accelerator(cfg.run.mixed_precision, cfg.optim.grad_accum_steps,
+                                       paths.dir, cfg.run.tensorboard)
+    steps_per_epoch = check_config(cfg, accelerator) // cfg.optim.grad_accum_steps
+    claim = rt.StageClaim(accelerator, paths, "Stage 1", cfg.run.resume)  # exits 2 if in use
+    try:
+        return run_epochs(cfg, accelerator, paths, claim.resume_from, steps_per_epoch, stop)
+    finally:
+        claim.release()
+        accelerator.end_training()
+
+
+def run_epochs(cfg: TrainConfig, accelerator, paths: rt.StagePaths, resume_from: Path | None,
+               steps_per_epoch: int, stop: rt.StopSignal) -> int:
+    rank = accelerator.process_index
     rt.seed_all(cfg.run.seed)  # identical initial weights on every rank
     model = SupConModel(cfg.model)
     o = cfg.optim
     groups = model.param_groups(o.encoder_lr, o.head_lr, o.weight_decay,
                                 exclude_norm_bias=o.exclude_norm_bias)
     optimizer, scheduler = rt.build_optimizer(groups, o, steps_per_epoch * o.epochs)
-    rt.fill_deepspeed_auto(accelerator, cfg.data.batch_size // world, cfg.optim.grad_clip)
+    rt.fill_deepspeed_auto(accelerator, cfg.data.batch_size // accelerator.num_processes,
+                           cfg.optim.grad_clip)
     model, optimizer = accelerator.prepare(model, optimizer)
     if scheduler is not None:
         accelerator.register_for_checkpointing(scheduler)
@@ -199,20 +265,21 @@ def train(cfg: TrainConfig) -> int:
     if state.finished:
         accelerator.print("this run has already finished; nothing to do")
         return 0
+    if stop.agreed(accelerator.device):
+        accelerator.print("stopped by a signal before the first step; nothing new to save; "
+                          "rerun the same command to resume")
+        return 0
     if cfg.run.tensorboard:
         accelerator.init_trackers("tb", config=rt.tracker_config(flatten(to_dict(cfg))))
+    # a fresh run (no checkpoint) starts a fresh log.jsonl
     logger = rt.JsonlLogger(paths.log, accelerator.is_main_process,
                             resume_step=state.global_step if resume_from else None)
-    r = Run(cfg, accelerator, model, optimizer, scheduler, queue, state, paths, logger)
-    try:
-        for epoch in range(state.epoch, cfg.optim.epochs + 1):
-            state.epoch = epoch
-            if train_epoch(r, epoch) or end_epoch(r, epoch):
-                break
-        return 0
-    finally:
-        r.stop.close()
-        accelerator.end_training()
+    r = Run(cfg, accelerator, model, optimizer, scheduler, queue, state, paths, logger, stop)
+    for epoch in range(state.epoch, cfg.optim.epochs + 1):
+        state.epoch = epoch
+        if train_epoch(r, epoch) or end_epoch(r, epoch):
+            break
+    return 0
 
 
 @dataclass
@@ -228,7 +295,7 @@ class Run:
     state: rt.TrainerState
     paths: rt.StagePaths
     logger: rt.JsonlLogger
-    stop: rt.StopSignal = field(default_factory=rt.StopSignal)
+    stop: rt.StopSignal
     meter: rt.StepMeter = field(default_factory=rt.StepMeter)
     # gathered (z, labels) of this accumulation window, enqueued after its optimizer step
     pending: list = field(default_factory=list)
@@ -264,8 +331,11 @@ def train_epoch(r: Run, epoch: int) -> bool:
         lc = cfg.loss
         active = queue_active(epoch, state.global_step, size=lc.queue_size,
                               start_epoch=lc.queue_start_epoch, start_step=lc.queue_start_step)
-        with torch.random.fork_rng(devices=[]):  # (DataLoader start-up draws a seed from
-            batch = next(batches)  # torch's RNG: a resumed run would draw it at another point)
+        state.queue_started |= active
+        # DataLoader start-up draws a seed from torch's RNG (a resumed run would draw it at
+        # another point), and forks the workers (which must not die of a stop signal)
+        with torch.random.fork_rng(devices=[]), rt.stop_signals_deferred():
+            batch = next(batches)
         step_ok = train_micro_batch(r, batch, active)
         bar.update(1)
         if step_ok is not None:  # an optimizer step boundary
@@ -298,13 +368,10 @@ def train_micro_batch(r: Run, batch: dict, active: bool) -> bool | None:
         r.state.samples_seen += len(labels) * world
         if not acc.sync_gradients:
             return None
-        grad_norm = None
-        if r.cfg.optim.grad_clip > 0:  # None under DeepSpeed, which clips inside its step
-            grad_norm = acc.clip_grad_norm_(r.model.parameters(), r.cfg.optim.grad_clip)
-        grad_norm = None if grad_norm is None else float(grad_norm)
+        grad_norm = clip_gradients(r)
         # fp16: the grad scaler skips overflowing steps itself; DeepSpeed has stepped already
         norm_ok = (grad_norm is None or math.isfinite(grad_norm) or acc.scaler is not None
-                   or acc.distributed_type == DistributedType.DEEPSPEED)
+                   or acc.distributed_type == "DEEPSPEED")
         step_ok = r.meter.end_window(grad_norm, r.optimizer) and norm_ok
         if step_ok:
             r.optimizer.step()
@@ -318,6 +385,18 @@ def train_micro_batch(r: Run, batch: dict, active: bool) -> bool | None:
         r.pending.clear()  # a skipped window's embeddings never reach the queue
         r.optimizer.zero_grad(set_to_none=True)
         return step_ok
+
+
+def clip_gradients(r: Run) -> float | None:
+    """Clip the gradients of ``optim.clip_scope`` to norm ``optim.grad_clip``; their norm
+    before clipping (None without clipping, and under DeepSpeed, which clips in its step)."""
+    o = r.cfg.optim
+    if o.grad_clip <= 0:
+        return None
+    params = (r.model.parameters() if o.clip_scope == "all"
+              else r.accelerator.unwrap_model(r.model).head.parameters())
+    norm = r.accelerator.clip_grad_norm_(params, o.grad_clip)
+    return None if norm is None else float(norm)
 
 
 def after_step(r: Run, step_ok: bool, active: bool, bar) -> bool:
@@ -355,20 +434,29 @@ def after_step(r: Run, step_ok: bool, active: bool, bar) -> bool:
 
 
 def end_epoch(r: Run, epoch: int) -> bool:
-    """Dev loss, early stopping, best/last weights and a checkpoint; True = stop the run."""
+    """Dev loss, model selection, early stopping, best/last weights and a checkpoint; True =
+    stop the run. A stop signal during the dev evaluation checkpoints the finished epoch
+    without it (the resumed run evaluates it)."""
     cfg, acc, state = r.cfg, r.accelerator, r.state
+    loss_dev, interrupted = dev_loss(r.model, cfg, acc, r.stop)
+    if interrupted:
+        saved = r.save()
+        acc.print(f"\nstopped by a signal during the dev evaluation of epoch {epoch}; "
+                  f"{'checkpoint saved' if saved else 'no new checkpoint'}; rerun the same "
+                  "command to resume")
+        return True
     state.epoch, state.step_in_epoch = epoch + 1, 0
-    loss_dev = dev_loss(r.model, cfg, acc)
+    waiting = restart_selection(r, epoch)
     improved = loss_dev is None or state.record_dev_loss(loss_dev, epoch)
     info = rt.weights_info(state, loss_dev, epoch)
     r.logger.log({"event": "epoch", **info, "nonfinite_total": state.nonfinite_total,
                   "world_size": acc.num_processes})
     if loss_dev is not None:
         acc.log({"dev/loss": loss_dev}, step=state.global_step)
-    acc.print(f"epoch {epoch}: dev loss {loss_dev}, best {state.best_dev_loss} "
+    acc.print(f"epoch {epoch}: dev loss {_fmt(loss_dev)}, best {_fmt(state.best_dev_loss)} "
               f"(epoch {state.best_epoch})")
     patience = cfg.optim.patience
-    early = bool(patience) and state.bad_epochs >= patience
+    early = bool(patience) and state.bad_epochs >= patience and not waiting
     state.finished = early or epoch == cfg.optim.epochs
     r.save((r.paths.best, r.paths.last) if improved else (r.paths.last,), info)
     if state.finished:
@@ -381,16 +469,48 @@ def end_epoch(r: Run, epoch: int) -> bool:
     return False
 
 
+def restart_selection(r: Run, epoch: int) -> bool:
+    """optim.select_after_queue_start: at the end of the first epoch that used the queue,
+    forget the best dev loss and the patience count (logged and printed). True while the
+    queue has not started yet (no early stopping then)."""
+    cfg, state = r.cfg, r.state
+    if not (cfg.optim.select_after_queue_start and cfg.loss.queue_size):
+        return False
+    if not state.queue_started:
+        return True
+    if not state.selection_from:
+        state.selection_from = epoch
+        forgotten = state.best_epoch
+        state.best_dev_loss, state.best_epoch, state.bad_epochs = None, 0, 0
+        if not forgotten:  # the queue ran from the first evaluated epoch: nothing to reset
+            return False
+        r.logger.log({"event": "selection_reset", "epoch": epoch,
+                      "global_step": state.global_step, "reason": "queue started"})
+        r.accelerator.print(f"epoch {epoch}: first epoch with the queue: best dev loss and "
+                            f"patience reset; best/ is chosen from epoch {epoch} on")
+    return False
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.5g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit code 0 done/preempted, 2 bad input, 3 too many NaN/inf losses."""
     try:
-        return train(parse_config(TrainConfig, argv, prog="python -m sccl.train_supcon"))
+        cfg = parse_config(TrainConfig, argv, prog="python -m sccl.train_supcon")
+    except ConfigError as e:
+        return report_input_error(e)
+    stop = rt.StopSignal()  # before anything slow: a signal from here on is not lost
+    try:
+        return train(cfg, stop)
     except (ConfigError, ModelLoadError, ShardDirError, CorruptDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(e)
     except rt.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    finally:
+        stop.close()
 
 
 if __name__ == "__main__":

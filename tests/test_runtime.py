@@ -63,9 +63,22 @@ def test_stop_signal_sets_the_flag_and_restores_handlers():
         assert not stop.agreed(torch.device("cpu"))
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.received == signal.SIGUSR1 and stop.agreed(torch.device("cpu"))
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C asks for a stop too: no KeyboardInterrupt
+        assert stop.received == signal.SIGINT
     finally:
         stop.close()
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_stop_signals_deferred_while_workers_may_fork():
+    stop = rt.StopSignal()
+    try:
+        with rt.stop_signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received is None  # pending, not lost
+        assert stop.received == signal.SIGTERM
+    finally:
+        stop.close()
 
 
 def test_trainer_state_early_stopping_and_nonfinite_guard():
@@ -86,19 +99,20 @@ def test_trainer_state_early_stopping_and_nonfinite_guard():
 
 def test_checkpoint_lookup_and_resume_modes(tmp_path):
     root = tmp_path / "checkpoints"
-    assert rt.find_resume_checkpoint("auto", root) is None
+    assert rt.choose_checkpoint("auto", root) is None
     for step in (5, 12):
         (root / f"step-{step:08d}").mkdir(parents=True)
         (root / f"step-{step:08d}" / "trainer_state.json").write_text("{}")
+        rt.write_manifest(root / f"step-{step:08d}")
     (root / "step-00000020").mkdir()  # incomplete: no trainer_state.json
     (root / ".tmp-step-00000030").mkdir()
     assert [p.name for p in rt.list_checkpoints(root)] == ["step-00000005", "step-00000012"]
-    assert rt.find_resume_checkpoint("auto", root).name == "step-00000012"
+    assert rt.choose_checkpoint("auto", root).name == "step-00000012"
     with pytest.raises(ConfigError, match="already holds checkpoints"):
-        rt.find_resume_checkpoint("never", root)
-    assert rt.find_resume_checkpoint(str(root / "step-00000005"), root).name == "step-00000005"
+        rt.choose_checkpoint("never", root)
+    assert rt.choose_checkpoint(str(root / "step-00000005"), root).name == "step-00000005"
     with pytest.raises(ConfigError, match="not a checkpoint directory"):
-        rt.find_resume_checkpoint(str(root / "step-00000020"), root)
+        rt.choose_checkpoint(str(root / "step-00000020"), root)
 
 
 def test_config_changes_ignores_run_keys():

@@ -165,7 +165,7 @@ def test_deepspeed_zero2_on_two_cpu_processes(corpus, tmp_path):
     cfg = tiny_config(tmp_path, corpus, data={"dev_shards": str(corpus["train"]),
                                               "batch_size": 8, "train_crop": "head"},
                       optim={"epochs": 4, "patience": 0, "grad_clip": 1.0, "encoder_lr": 1e-3,
-                             "head_lr": 1e-2},
+                             "head_lr": 1e-2, "clip_scope": "all"},
                       loss={"gather_batch": True}, run={"rank_checksums": True})
     run_dir = tmp_path / "ds"
     proc = run(command(cfg, run_dir, launch="deepspeed_zero2.yaml"), timeout=300)
