@@ -38,7 +38,10 @@ class EmbedError(RuntimeError):
 class EmbedOptions:
     """How utterances are cropped and batched for embedding."""
 
-    crop: str = "first"  # "first" | "full" | "windows" (module docstring)
+    crop: str = "first"
+    """"first": the first `seconds` of each utterance (as in training); "full": the whole
+    utterance; "windows": windows of `seconds` every `hop_seconds`, the utterance's embedding
+    being the mean of its windows' (so a linear score is the mean of the window scores)."""
     seconds: float = 10.0  # crop length ("first") or window length ("windows")
     hop_seconds: float = 0.0  # window hop ("windows" only); 0 = seconds / 2
     batch_size: int = 16  # utterances (or windows) per forward pass on each rank
@@ -270,8 +273,9 @@ def collect(shard_dir: str | Path, keys: list[str], z: torch.Tensor) -> Embedded
 def make_accelerator():
     """Accelerator for the inference stages (no optimizer, no trackers).
 
-    On CPU-only machines under a multi-process launch the process group must be gloo (see
-    DESIGN.md); a single process without a launcher needs no process group at all."""
+    On CPU-only machines under a multi-process launch the process group must be gloo: with
+    DeepSpeed installed, Accelerate 1.15 otherwise reports world size 1 on every rank
+    (measured; docs/design.md). A single process without a launcher needs no process group."""
     import os
 
     from accelerate import Accelerator

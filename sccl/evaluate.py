@@ -16,6 +16,14 @@ writes RUN/eval/:
     config.yaml, run_info.json
 ASVspoof 2021 sets are scored in full; ``eval.subset`` picks the trials (metadata ``subset``:
 eval / progress / hidden_track, or all) that enter the EERs. Exit codes: 0 done, 2 bad input.
+
+Calls accumulate: each call adds its sets to results.json (a set scored again replaces its
+earlier entry), and pooled / mean EER, CIs, breakdowns, DET curves and histograms are
+recomputed over every set in it, reading the earlier sets' score files back. An earlier set
+is dropped (with a note, its score file deleted) when the run's Stage 1 weights or classifier
+changed since, or its shard directory or score file no longer match. ``--eval.fresh true``
+starts over. The t-SNE picture shows the sets scored by the latest call (its title names
+them); plots and score files that no longer belong to results.json are deleted.
 """
 # ruff: noqa: E402  (the sys.path fix below must run before the imports)
 
@@ -29,6 +37,7 @@ if __package__ in (None, ""):
     # the standard library's `queue`.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -39,14 +48,23 @@ from sccl.aggregate import TrialError, Trials, summarise
 from sccl.config import ConfigError, parse_config
 from sccl.contamination import contamination_report, training_sources, warn
 from sccl.data import ShardDirError
-from sccl.embed import EmbedError, EmbedOptions, collect, embed_share, make_accelerator
-from sccl.linear import RunMismatchError, linear_scores, load_stage2
+from sccl.embed import (
+    EmbedError,
+    EmbedOptions,
+    collect,
+    embed_share,
+    make_accelerator,
+    read_shard_metadata,
+)
+from sccl.linear import CLASSIFIER, RunMismatchError, file_sha256, linear_scores, load_stage2
 from sccl.model import ModelLoadError, SupConModel
 from sccl.results import (
     ScoreFileError,
     plot_det,
     plot_histograms,
     plot_tsne,
+    read_score_file,
+    remove_stale,
     results_table,
     write_results,
     write_score_file,
@@ -78,6 +96,8 @@ class EvalSetsConfig:
     tsne_points: int = 2000  # eval embeddings in the t-SNE picture (0 = no t-SNE)
     plots: bool = True  # DET curves and score histograms
     num_workers: int = -1  # loader workers per rank (-1 = Stage 1's data.num_workers)
+    fresh: bool = False
+    """Forget the sets of earlier calls (by default a call adds its sets to results.json)."""
 
     def __post_init__(self) -> None:
         if self.subset not in SUBSETS:
@@ -141,14 +161,64 @@ def score_set(name: str, shard_dir: str, model, data_cfg, cfg: EvalConfig, weigh
         return None
     emb = collect(shard_dir, keys, z)
     scores = linear_scores(emb.z, weight, bias)
-    write_score_file(eval_dir / "scores" / f"{name}.txt", emb.keys, scores)  # every trial
     mask, subset = select(emb.meta, cfg.eval.subset)
     if not mask.any():
         raise TrialError(f"set {name!r}: no trials with subset {cfg.eval.subset!r} in {shard_dir}")
     trials = make_trials(name, emb.keys, scores, emb.meta).subset(mask)
     print(f"{name}: scored {len(emb.keys)} trials of {shard_dir}"
           + (f" ({int(mask.sum())} in subset {subset})" if subset else ""), flush=True)
-    return trials, subset, emb.z[mask], emb.meta
+    return Scored(trials, subset, emb.meta, emb.keys, scores, emb.z[mask])
+
+
+@dataclass
+class Scored:
+    """One set's scores on the main process: scored by this call, or read back."""
+
+    trials: Trials  # the trials entering the EERs (after the subset filter)
+    subset: str | None  # 2021 subset applied, None for other sets
+    metas: list[dict]  # (N,) metadata of every trial of the shard dir
+    keys: list[str]  # (N,) every trial, shard order: the score file's lines
+    scores: object  # float64 (N,)
+    z: object = None  # (M,) embeddings of the trials; None for sets read back
+
+
+def previous_sets(eval_dir: Path, model_id: dict, skip: set[str]) -> tuple[dict, dict, list]:
+    """Sets of earlier calls still valid for this model: ({name: Scored}, {name: entry of
+    results.json}, [notes on dropped sets]). ``skip``: names scored again now."""
+    path = eval_dir / "results.json"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        return {}, {}, [f"{path}: unreadable ({err}); earlier results dropped"]
+    sets = {n: e for n, e in (old.get("sets") or {}).items() if n not in skip}
+    changed = [k for k, v in model_id.items() if old.get(k) != v]
+    if sets and changed:
+        return {}, {}, [f"dropped earlier set(s) {', '.join(sets)}: scored by another model "
+                        f"({', '.join(changed)} changed)"]
+    kept, entries, notes = {}, {}, []
+    for name, entry in sets.items():
+        try:
+            kept[name] = read_back(eval_dir, name, entry)
+            entries[name] = entry
+        except (OSError, ValueError, KeyError, TypeError, EmbedError, ScoreFileError) as err:
+            notes.append(f"dropped earlier set {name!r}: {err}")
+    return kept, entries, notes
+
+
+def read_back(eval_dir: Path, name: str, entry: dict) -> Scored:
+    """An earlier set from its score file and its shard directory's metadata."""
+    shard_dir = entry["shard_dir"]
+    if file_sha256(Path(shard_dir) / "manifest.json") != entry["manifest_sha256"]:
+        raise ValueError(f"{shard_dir} changed since it was scored")
+    metas = read_shard_metadata(shard_dir)[1]
+    scores = read_score_file(eval_dir / entry["score_file"])
+    keys = [m["utt_id"] for m in metas]
+    if list(scores) != keys:
+        raise ValueError(f"{entry['score_file']} does not list the trials of {shard_dir}")
+    values = np.array([scores[k] for k in keys], dtype=np.float64)
+    mask = select(metas, entry["subset"] or "all")[0]
+    return Scored(make_trials(name, keys, values, metas).subset(mask), entry["subset"], metas,
+                  keys, values)
 
 
 def run_eval(cfg: EvalConfig) -> int:
@@ -168,35 +238,54 @@ def run_eval(cfg: EvalConfig) -> int:
         scored[name] = score_set(name, shard_dir, model, data_cfg, cfg, weight, bias,
                                  accelerator, paths.dir)
     if accelerator.is_main_process:
-        report(cfg, run, paths.dir, sets, scored, meta, thr, data_cfg)
+        model_id = {"stage1_weights_sha256": meta["stage1_weights_sha256"],
+                    "classifier_sha256": file_sha256(run / "stage2" / CLASSIFIER)}
+        report(cfg, run, paths.dir, dict(sets), scored, meta, thr, data_cfg, model_id)
     accelerator.end_training()
     return 0
 
 
-def report(cfg: EvalConfig, run: Path, eval_dir: Path, sets, scored: dict, meta: dict,
-           thr: dict, data_cfg) -> None:
-    """Main process: metrics, contamination guard, results.json/md, plots; print the table."""
-    trials = [scored[n][0] for n, _ in sets]
+def report(cfg: EvalConfig, run: Path, eval_dir: Path, sets: dict[str, str], scored: dict,
+           meta: dict, thr: dict, data_cfg, model_id: dict) -> None:
+    """Main process: merge with earlier calls' sets, metrics, contamination guard, score
+    files, plots, results.json/md (written last), stale files removed; print the table."""
+    old, entries, notes = ({}, {}, []) if cfg.eval.fresh else \
+        previous_sets(eval_dir, model_id, set(scored))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    everything = {**old, **scored}  # earlier sets first, in their order
+    trials = [x.trials for x in everything.values()]
     conditions = {t.name: list(t.conditions) for t in trials if t.conditions}
     res = summarise(trials, conditions=conditions, n_boot=cfg.eval.bootstrap, seed=cfg.eval.seed)
-    for name, shard_dir in sets:
-        res["sets"][name].update(shard_dir=str(shard_dir), subset=scored[name][1],
-                                 score_file=f"scores/{name}.txt")
+    for name, x in scored.items():
+        write_score_file(eval_dir / "scores" / f"{name}.txt", x.keys, x.scores)  # every trial
+        shard_dir = Path(sets[name]).resolve()
+        res["sets"][name].update(shard_dir=str(shard_dir), subset=x.subset,
+                                 score_file=f"scores/{name}.txt", embed=vars(cfg.embed),
+                                 manifest_sha256=file_sha256(shard_dir / "manifest.json"))
+    for name, entry in entries.items():
+        res["sets"][name].update({k: entry.get(k) for k in (
+            "shard_dir", "subset", "score_file", "embed", "manifest_sha256")})
     sources = training_sources(data_cfg, meta)
-    res["contamination"] = contamination_report({n: scored[n][3] for n, _ in sets}, sources)
+    res["contamination"] = contamination_report({n: x.metas for n, x in everything.items()},
+                                                sources)
     warn(res["contamination"])
-    res.update(run=run.name, run_dir=str(run.resolve()),
-               stage1_weights_sha256=meta["stage1_weights_sha256"],
-               dev_threshold=thr["threshold"], dev_eer=thr["dev_eer"], embed=vars(cfg.embed))
-    res["plots"] = make_plots(cfg, eval_dir, trials, res, {n: scored[n][2] for n, _ in sets})
+    res.update(run=run.name, run_dir=str(run.resolve()), **model_id,
+               dev_threshold=thr["threshold"], dev_eer=thr["dev_eer"])
+    res["plots"] = make_plots(cfg, eval_dir, trials, res,
+                              {n: x.z for n, x in scored.items()})
     json_path, md_path = write_results(eval_dir, run.name, res)
+    removed = remove_stale(eval_dir, res)
     print("\n" + results_table([(run.name, res)]))
-    print(f"pooled = {res['pooled_eer']['definition']}; mean = {res['mean_eer']['definition']}")
-    print(f"wrote {json_path}, {md_path}, scores/ and plots/ in {eval_dir}", flush=True)
+    print(f"pooled = {res['pooled_eer']['definition']}; mean = {res['mean_eer']['definition']}"
+          + (f"; sets from earlier calls: {', '.join(old)}" if old else ""))
+    print(f"wrote {json_path}, {md_path}, scores/ and plots/ in {eval_dir}"
+          + (f"; removed stale {', '.join(removed)}" if removed else ""), flush=True)
 
 
 def make_plots(cfg: EvalConfig, eval_dir: Path, trials: list[Trials], res: dict,
                embs: dict[str, np.ndarray]) -> dict[str, str]:
+    """DET curves and histograms of every set; t-SNE of the sets scored now (``embs``)."""
     out: dict[str, str] = {}
     plots = eval_dir / "plots"
     if cfg.eval.plots:
@@ -205,23 +294,25 @@ def make_plots(cfg: EvalConfig, eval_dir: Path, trials: list[Trials], res: dict,
                         {n: s["threshold"] for n, s in res["sets"].items()})
         out.update(det="plots/det.png", histograms="plots/hist.png")
     if cfg.eval.tsne_points:
-        z, bona, attack = tsne_sample(trials, embs, cfg.eval.tsne_points, cfg.eval.seed)
+        now = [t for t in trials if t.name in embs]
+        z, bona, attack, where = tsne_sample(now, embs, cfg.eval.tsne_points, cfg.eval.seed)
         if len(z) >= 5:
-            plot_tsne(z, bona, attack, plots / "tsne.png", seed=cfg.eval.seed)
+            plot_tsne(z, bona, attack, plots / "tsne.png", seed=cfg.eval.seed, sets=where)
             out["tsne"] = "plots/tsne.png"
     return out
 
 
 def tsne_sample(trials: list[Trials], embs: dict[str, np.ndarray], n: int, seed: int):
     """A seeded random subsample of at most ``n`` eval embeddings over all sets -> (z (M, D),
-    bona fide (M,), attack (M,)). Attack names are shared across sets (LA21/DF21 reuse the
-    LA19 eval systems), so they are not prefixed with the set's name."""
+    bona fide (M,), attack (M,), set name (M,)). Attack names are shared across sets
+    (LA21/DF21 reuse the LA19 eval systems), so they are not prefixed with the set's name."""
     z = np.concatenate([embs[t.name] for t in trials])
     bona = np.concatenate([t.bonafide for t in trials])
     attack = np.concatenate([np.where(t.bonafide, "bona fide", t.attacks.astype(str))
                              for t in trials])
+    where = np.concatenate([np.full(len(t.keys), t.name, dtype=object) for t in trials])
     pick = np.random.default_rng(seed).permutation(len(z))[:n]
-    return z[pick], bona[pick], attack[pick]
+    return z[pick], bona[pick], attack[pick], where[pick]
 
 
 def main(argv: list[str] | None = None) -> int:

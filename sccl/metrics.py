@@ -1,7 +1,7 @@
 """Equal error rate with the ASVspoof 2021 evaluation package's convention, plus its DET
 curve and a bootstrap confidence interval.
 
-Convention (REFERENCE.md "Evaluation conventions"; higher score = bona fide): concatenate
+Convention (docs/study.md, evaluation; higher score = bona fide): concatenate
 bona fide then spoof scores, stable-sort them (mergesort, so bona fide comes first among
 equal scores), and walk the sorted list: after k trials, FRR = bona fide among the first k
 / #bona fide, FAR = spoof among the rest / #spoof (k = 0 included: FRR 0, FAR 1).

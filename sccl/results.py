@@ -8,6 +8,7 @@
   report over a grid of runs can reuse it.
 - Plots use matplotlib's Agg backend (no display on cluster nodes): DET curves of every set,
   score histograms per class, a t-SNE picture of a subsample of eval embeddings.
+- ``remove_stale`` deletes the score files and plots results.json no longer refers to.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from shards.atomic import atomic_open, atomic_write_json, atomic_write_text
 # Study column order; other set names follow in the order given.
 STUDY_COLUMNS = ("la19", "itw", "la21", "df21")
 _DISPLAY = {"la19": "LA19", "itw": "ITW", "la21": "LA21", "df21": "DF21"}
+PLOTS = ("det.png", "hist.png", "tsne.png")  # what evaluation writes under plots/
+# A breakdown row with fewer trials of a class than this is flagged: with 29 bona fide
+# trials one trial moves the EER by over 3 points.
+SMALL = 30
+BONA_COLOUR, SPOOF_COLOUR = "black", "tab:red"  # the same in every picture
 
 
 class ScoreFileError(ValueError):
@@ -79,8 +85,9 @@ def _pct(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def results_table(rows: Sequence[tuple[str, dict]]) -> str:
-    """Markdown table, one row per (run name, results dict), EER in %, study column order."""
+def results_table(rows: Sequence[tuple[str, dict]], *, cis: bool = False) -> str:
+    """Markdown table, one row per (run name, results dict), EER in %, study column order;
+    ``cis``: each cell followed by its bootstrap CI in brackets (when it has one)."""
     names: list[str] = []
     for _, res in rows:
         names += [n for n in res["sets"] if n not in names]
@@ -88,8 +95,9 @@ def results_table(rows: Sequence[tuple[str, dict]]) -> str:
     head = ["run", *[display_name(c) for c in cols], "pooled", "mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, res in rows:
-        cells = [run] + [_pct(res["sets"].get(c, {}).get("eer")) for c in cols]
-        cells += [_pct(res["pooled_eer"]["eer"]), _pct(res["mean_eer"]["eer"])]
+        entries = [res["sets"].get(c, {}) for c in cols] + [res["pooled_eer"], res["mean_eer"]]
+        cells = [run] + [_pct(e.get("eer")) + (_ci_text(e.get("ci")) if cis else "")
+                         for e in entries]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -99,32 +107,42 @@ def _ci_text(ci: list[float] | None) -> str:
 
 
 def _breakdown_md(name: str, entry: dict) -> list[str]:
-    """Per-attack (and per-condition) EER lines of one set."""
+    """Per-attack (and per-condition) EER tables of one set. An attack's EER pits its spoof
+    trials against every bona fide trial of the set; a condition's (codec) only those
+    sharing the condition. A breakdown with a single group says nothing new: skipped."""
     out = [f"### {display_name(name)}", "",
            f"EER {_pct(entry['eer'])} %{_ci_text(entry.get('ci'))}; "
            f"{entry['bonafide']} bona fide / {entry['spoof']} spoof trials"
            + (f"; subset {entry['subset']}" if entry.get("subset") else ""), ""]
-    tables = [(k[len("per_"):], v) for k, v in entry.items() if k.startswith("per_")]
-    for what, table in tables:
-        if not table:
+    flagged = False
+    for key, table in entry.items():
+        if not key.startswith("per_") or len(table or {}) < 2:
             continue
-        out += [f"| {what} | EER % | trials |", "|---|---|---|"]
+        what = key[len("per_"):]
+        out += [f"Per {what}: " + ("each attack's spoof trials against all bona fide trials."
+                                   if what == "attack" else f"the trials of each {what}."), "",
+                f"| {what} | EER % | bona fide | spoof | note |", "|---|---|---|---|---|"]
         for value, e in table.items():
-            n = e.get("spoof", 0) + e.get("bonafide", 0)
-            out.append(f"| {value} | {_pct(e['eer'])} | {n} |")
+            nb = e.get("bonafide", entry["bonafide"])  # per attack: the set's bona fide
+            small = min(nb, e.get("spoof", 0)) < SMALL
+            flagged |= small
+            out.append(f"| {value} | {_pct(e['eer'])} | {nb} | {e.get('spoof', 0)} | "
+                       f"{'small' if small else ''} |")
         out.append("")
+    if flagged:
+        out += [f"small: fewer than {SMALL} trials of a class; that EER is coarse.", ""]
     return out
 
 
 def results_markdown(run_name: str, res: dict) -> str:
     """The whole results.md of one run: headline table, CIs, breakdowns, warnings, plots."""
-    level = res.get("bootstrap", {}).get("level", 0.95)
-    lines = [f"# Results: {run_name}", "", results_table([(run_name, res)]),
-             f"pooled = {res['pooled_eer']['definition']}; "
-             f"mean = {res['mean_eer']['definition']}. EER in %, "
-             f"{100 * level:.0f} % bootstrap CIs in brackets.", "",
-             f"pooled {_pct(res['pooled_eer']['eer'])}{_ci_text(res['pooled_eer']['ci'])}, "
-             f"mean {_pct(res['mean_eer']['eer'])}{_ci_text(res['mean_eer']['ci'])}", ""]
+    boot = res.get("bootstrap", {})
+    ci_note = (f"{100 * boot.get('level', 0.95):.0f} % bootstrap CIs in brackets "
+               f"({boot['replicates']} replicates, {boot.get('scheme', '')})."
+               if boot.get("replicates") else "No bootstrap CIs (eval.bootstrap 0).")
+    lines = [f"# Results: {run_name}", "", results_table([(run_name, res)], cis=True),
+             f"EER in %. pooled = {res['pooled_eer']['definition']}; "
+             f"mean = {res['mean_eer']['definition']}. {ci_note}", ""]
     for warning in res.get("contamination", []):
         lines += [f"**WARNING (contamination)**: {warning['message']}", ""]
     for name in ordered_sets(list(res["sets"])):
@@ -142,6 +160,18 @@ def write_results(eval_dir: Path, run_name: str, res: dict) -> tuple[Path, Path]
     return json_path, md_path
 
 
+def remove_stale(eval_dir: Path, res: dict) -> list[str]:
+    """Delete score files and plots under ``eval_dir`` that ``res`` (results.json) does not
+    refer to; return their paths relative to ``eval_dir``."""
+    keep = {e.get("score_file") for e in res["sets"].values()} | set(res.get("plots", {}).values())
+    scores = sorted((eval_dir / "scores").glob("*.txt")) if (eval_dir / "scores").is_dir() else []
+    candidates = [f"plots/{n}" for n in PLOTS] + [f"scores/{p.name}" for p in scores]
+    removed = [c for c in candidates if c not in keep and (eval_dir / c).is_file()]
+    for c in removed:
+        (eval_dir / c).unlink()
+    return removed
+
+
 def _pyplot():
     import matplotlib
 
@@ -152,24 +182,27 @@ def _pyplot():
 
 
 def plot_det(sets: Sequence[Trials], path: Path, eers: dict[str, float]) -> None:
-    """DET curves (normal-deviate axes) of every set into one PNG."""
+    """DET curves (normal-deviate axes, 0.1 % to 99.9 %, ticks at both ends) of every set
+    into one PNG; rates beyond the range (0 or 1 included) sit on the axis edge."""
     from scipy.stats import norm
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    clip = 1e-4  # probit of 0 or 1 is infinite
+    lo, hi = norm.ppf(1e-3), norm.ppf(1 - 1e-3)  # probit of 0 or 1 is infinite
     for t in sets:
         frr, far, _ = compute_det_curve(t.scores[t.bonafide], t.scores[~t.bonafide])
-        ax.plot(norm.ppf(np.clip(far, clip, 1 - clip)), norm.ppf(np.clip(frr, clip, 1 - clip)),
+        ax.plot(np.clip(norm.ppf(far), lo, hi), np.clip(norm.ppf(frr), lo, hi),
                 label=f"{display_name(t.name)} (EER {_pct(eers[t.name])} %)")
-    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95])
-    ax.set_xticks(norm.ppf(ticks), [f"{100 * v:g}" for v in ticks])
-    ax.set_yticks(norm.ppf(ticks), [f"{100 * v:g}" for v in ticks])
+    ticks = np.array([0.001, 0.005, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98, 0.995, 0.999])
+    labels = [f"{100 * v:g}" for v in ticks]
+    ax.set_xticks(norm.ppf(ticks), labels)
+    ax.set_yticks(norm.ppf(ticks), labels)
     ax.set_xlabel("false acceptance rate (spoof accepted, %)")
     ax.set_ylabel("false rejection rate (bona fide rejected, %)")
-    ax.plot([-4, 4], [-4, 4], "k:", lw=0.8)
-    ax.set_xlim(norm.ppf(clip), norm.ppf(1 - clip))
-    ax.set_ylim(norm.ppf(clip), norm.ppf(1 - clip))
+    ax.plot([lo, hi], [lo, hi], "k:", lw=0.8, label="FAR = FRR")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_title("DET curves")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     _save(fig, plt, path)
@@ -178,21 +211,27 @@ def plot_det(sets: Sequence[Trials], path: Path, eers: dict[str, float]) -> None
 def plot_histograms(sets: Sequence[Trials], path: Path, thresholds: dict[str, float]) -> None:
     """Score histograms per class, one panel per set, with the set's EER threshold."""
     plt = _pyplot()
-    fig, axes = plt.subplots(len(sets), 1, figsize=(6, 2.4 * len(sets)), squeeze=False)
+    fig, axes = plt.subplots(len(sets), 1, figsize=(6, 2.7 * len(sets)), squeeze=False)
     for ax, t in zip(axes[:, 0], sets, strict=True):
         bins = np.histogram_bin_edges(t.scores, bins=60)
-        ax.hist(t.scores[t.bonafide], bins=bins, alpha=0.6, density=True, label="bona fide")
-        ax.hist(t.scores[~t.bonafide], bins=bins, alpha=0.6, density=True, label="spoof")
-        ax.axvline(thresholds[t.name], color="k", ls="--", lw=1, label="EER threshold")
+        nb, ns = int(t.bonafide.sum()), int((~t.bonafide).sum())
+        ax.hist(t.scores[t.bonafide], bins=bins, alpha=0.6, density=True, color=BONA_COLOUR,
+                label=f"bona fide ({nb})")
+        ax.hist(t.scores[~t.bonafide], bins=bins, alpha=0.6, density=True, color=SPOOF_COLOUR,
+                label=f"spoof ({ns})")
+        ax.axvline(thresholds[t.name], color="tab:blue", ls="--", lw=1.5, label="EER threshold")
         ax.set_title(display_name(t.name), fontsize=9)
+        ax.set_xlabel("score (logit, higher = bona fide)", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
         ax.legend(fontsize=7)
-    axes[-1, 0].set_xlabel("score (logit, higher = bona fide)")
     _save(fig, plt, path)
 
 
 def plot_tsne(emb: np.ndarray, bonafide: np.ndarray, attacks: np.ndarray, path: Path,
-              *, seed: int = 0) -> None:
-    """t-SNE of embeddings (N, D), coloured by label (left) and by attack (right)."""
+              *, seed: int = 0, sets: np.ndarray | None = None) -> None:
+    """t-SNE of embeddings (N, D), coloured by label (left) and by attack (right); ``sets``
+    (N,) names each point's eval set, for the title. Bona fide is black in both panels;
+    attacks (including "unknown") take the tab20 colours, none of which is black."""
     from sklearn.manifold import TSNE
 
     if emb.shape[0] < 5:
@@ -201,20 +240,37 @@ def plot_tsne(emb: np.ndarray, bonafide: np.ndarray, attacks: np.ndarray, path: 
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
         np.asarray(emb, dtype=np.float32))
     plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 5))
-    for mask, lab in ((bonafide, "bona fide"), (~bonafide, "spoof")):
-        a1.scatter(xy[mask, 0], xy[mask, 1], s=4, label=lab)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5.5))
+    for mask, lab, colour in ((~bonafide, "spoof", SPOOF_COLOUR), (bonafide, "bona fide",
+                                                                    BONA_COLOUR)):
+        a1.scatter(xy[mask, 0], xy[mask, 1], s=4, color=colour, label=f"{lab} ({int(mask.sum())})")
     a1.set_title("by label")
     a1.legend(fontsize=7, markerscale=3)
-    names = sorted(set(attacks.tolist()))
-    cmap = plt.get_cmap("tab20", max(len(names), 1))
+    names = sorted(set(attacks[~bonafide].tolist()))
+    cmap = plt.get_cmap("tab20")
     for i, name in enumerate(names):
-        m = attacks == name
-        a2.scatter(xy[m, 0], xy[m, 1], s=4, color=cmap(i),
-                   label="bona fide" if name in ("-", "bonafide") else name)
+        m = (attacks == name) & ~bonafide
+        a2.scatter(xy[m, 0], xy[m, 1], s=4, color=cmap(i % 20), label=f"{name} ({int(m.sum())})")
+    a2.scatter(xy[bonafide, 0], xy[bonafide, 1], s=4, color=BONA_COLOUR,
+               label=f"bona fide ({int(bonafide.sum())})")
     a2.set_title("by attack")
-    a2.legend(fontsize=6, markerscale=3, ncol=2)
+    a2.legend(fontsize=6, markerscale=3, ncol=1 + len(names) // 12, loc="center left",
+              bbox_to_anchor=(1.0, 0.5))
+    for ax in (a1, a2):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(tsne_title(len(emb), sets), fontsize=10)
     _save(fig, plt, path)
+
+
+def tsne_title(n: int, sets: np.ndarray | None) -> str:
+    """'t-SNE of N eval embeddings (...); points per set: LA19 n1, ITW n2' (study order)."""
+    if sets is None:
+        return f"t-SNE of {n} embeddings"
+    counts = {name: int((np.asarray(sets) == name).sum()) for name in set(np.asarray(sets).tolist())}
+    parts = [f"{display_name(s)} {counts[s]}" for s in ordered_sets(list(counts))]
+    return f"t-SNE of {n} eval embeddings (a random subsample); points per set: " + \
+        ", ".join(parts)
 
 
 def _save(fig, plt, path: Path) -> None:

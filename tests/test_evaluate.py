@@ -289,3 +289,107 @@ def test_two_process_evaluation_scores_every_trial_once(trained, tmp_path):
         shares = report["shares"][n]
         assert sum(shares) == len(single[n]) and min(shares) > 0
     assert sum(report["padding"]["b"]) > 0  # 7 trials, 3 + 4 per rank: one padded batch
+
+
+def test_second_call_adds_its_sets_and_removes_stale_files(trained, tmp_path, capsys):
+    run = shutil.copytree(trained[0], tmp_path / "run")
+    sets = trained[1]
+    ev = run / "eval"
+    assert eval_main(_eval_args(run, f"a={sets['evalA']},b={sets['evalB']}",
+                                "--eval.fresh", "true")) == 0
+    first = json.loads((ev / "results.json").read_text())
+    assert (ev / "plots" / "tsne.png").is_file()
+    (ev / "scores" / "orphan.txt").write_text("x 1.0\n")  # left by an interrupted call
+    assert eval_main(_eval_args(run, f"c={sets['evalC']}", "--eval.tsne_points", "0")) == 0
+    merged = json.loads((ev / "results.json").read_text())
+    assert list(merged["sets"]) == ["a", "b", "c"]
+    assert merged["sets"]["a"]["eer"] == first["sets"]["a"]["eer"]
+    assert "tsne" not in merged["plots"] and not (ev / "plots" / "tsne.png").exists()
+    assert not (ev / "scores" / "orphan.txt").exists()
+    assert "removed stale plots/tsne.png, scores/orphan.txt" in capsys.readouterr().out
+    md = (ev / "results.md").read_text()
+    assert all(f"### {n}" in md for n in "abc")
+    # the merged numbers are those of one call scoring all three sets
+    assert eval_main(_eval_args(tmp_path / "run", f"a={sets['evalA']},b={sets['evalB']},"
+                                f"c={sets['evalC']}", "--eval.fresh", "true")) == 0
+    once = json.loads((ev / "results.json").read_text())
+    for key in ("pooled_eer", "mean_eer"):
+        assert merged[key] == once[key]
+    assert {n: s["eer"] for n, s in merged["sets"].items()} == \
+        {n: s["eer"] for n, s in once["sets"].items()}
+    # plots switched off: the old ones no longer describe the results
+    assert eval_main(_eval_args(run, f"b={sets['evalB']}", "--eval.plots", "false",
+                                "--eval.tsne_points", "0")) == 0
+    assert sorted(json.loads((ev / "results.json").read_text())["sets"]) == ["a", "b", "c"]
+    assert not (ev / "plots" / "det.png").exists() and not (ev / "plots" / "hist.png").exists()
+    # a new classifier: earlier sets were scored by another model and are dropped
+    capsys.readouterr()
+    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS, "--run.export", "false",
+                        "--linear.seed", "7"]) == 0
+    assert eval_main(_eval_args(run, f"c={sets['evalC']}", "--eval.plots", "false")) == 0
+    assert list(json.loads((ev / "results.json").read_text())["sets"]) == ["c"]
+    assert "dropped earlier set(s) a, b" in capsys.readouterr().err
+    assert sorted(p.name for p in (ev / "scores").iterdir()) == ["c.txt"]
+
+
+def _res_with_breakdowns(bootstrap=20):
+    t = _trials("la21", [2.0, 3.0, 1.0], [0.0, 3.5, 1.5, 0.5], attacks=["A07", "A07", "A08", "A08"],
+                codec=["alaw", "alaw", "none", "alaw", "none", "none", "none"])
+    itw = _trials("itw", [1.0, 2.0], [0.0, 1.5], attacks=["unknown", "unknown"])
+    return summarise([t, itw], conditions={"la21": ["codec"]}, n_boot=bootstrap)
+
+
+def test_results_markdown_counts_small_groups_and_cis():
+    from sccl.results import results_markdown
+
+    md = results_markdown("r", _res_with_breakdowns())
+    head, _, row = md.splitlines()[2:5]
+    assert head == "| run | ITW | LA21 | pooled | mean |"
+    assert all(re.search(r"\d \[\d+\.\d\d, \d+\.\d\d\]", c) for c in row.split("|")[2:-1])
+    assert "bootstrap CIs in brackets" in md
+    la21 = md.split("### LA21")[1].split("###")[0]
+    assert "| attack | EER % | bona fide | spoof | note |" in la21
+    assert "| A07 | 58.33 | 3 | 2 | small |" in la21  # every attack against all 3 bona fide
+    assert "| codec | EER % | bona fide | spoof | note |" in la21
+    assert "| alaw | " in la21 and "| 2 | 1 | small |" in la21  # codec rows: their own counts
+    assert "fewer than 30 trials" in la21
+    assert "| attack |" not in md.split("### ITW")[1].split("###")[0]  # one group: no table
+    no_ci = results_markdown("r", _res_with_breakdowns(bootstrap=0))
+    assert "in brackets" not in no_ci and "No bootstrap CIs" in no_ci
+
+
+def _figures(monkeypatch):
+    import sccl.results as results
+
+    figs = []
+    monkeypatch.setattr(results, "_save", lambda fig, plt, path: figs.append(fig))
+    return results, figs
+
+
+def test_plots_ticks_labels_titles_and_colours(monkeypatch, tmp_path):
+    from matplotlib.colors import to_rgb
+
+    results, figs = _figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    sets = [_trials(n, rng.normal(1, 1, 30), rng.normal(0, 1, 40)) for n in ("la19", "itw")]
+    results.plot_det(sets, tmp_path / "det.png", {"la19": 0.1, "itw": 0.2})
+    ax = figs[-1].axes[0]
+    ticks, (lo, hi) = ax.get_xticks(), ax.get_xlim()
+    assert ticks.min() <= lo + 1e-9 and ticks.max() >= hi - 1e-9  # ticks span the axis
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "99.9"
+    results.plot_histograms(sets, tmp_path / "hist.png", {"la19": 0.5, "itw": 0.5})
+    for ax in figs[-1].axes:
+        assert ax.get_xlabel() and ax.get_ylabel() == "density"
+    n = 40
+    bona = np.arange(n) < 10
+    attacks = np.where(bona, "bona fide", np.where(np.arange(n) < 25, "unknown", "A07"))
+    where = np.where(np.arange(n) % 2 == 0, "la19", "itw")
+    results.plot_tsne(rng.normal(size=(n, 8)), bona, attacks, tmp_path / "t.png", sets=where)
+    fig = figs[-1]
+    assert fig._suptitle.get_text() == "t-SNE of 40 eval embeddings (a random subsample); " \
+        "points per set: LA19 20, ITW 20"
+    colours = {c.get_label().split(" (")[0]: to_rgb(c.get_facecolor()[0])
+               for c in fig.axes[1].collections}
+    assert set(colours) == {"bona fide", "unknown", "A07"}
+    distance = np.abs(np.subtract(colours["bona fide"], colours["unknown"])).sum()
+    assert distance > 0.6, colours
