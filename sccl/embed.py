@@ -273,9 +273,9 @@ def collect(shard_dir: str | Path, keys: list[str], z: torch.Tensor) -> Embedded
 def make_accelerator():
     """Accelerator for the inference stages (no optimizer, no trackers).
 
-    On CPU-only machines under a multi-process launch the process group must be gloo: with
-    DeepSpeed installed, Accelerate 1.15 otherwise reports world size 1 on every rank
-    (measured; docs/design.md). A single process without a launcher needs no process group."""
+    On CPU-only machines under a multi-process launch the process group is made gloo
+    explicitly, as for the training stages (sccl.runtime; docs/design.md). A single process
+    without a launcher needs no process group at all."""
     import os
 
     from accelerate import Accelerator
