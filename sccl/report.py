@@ -1,4 +1,4 @@
-"""sccl-report: the study's table over finished runs (mean +- std over seeds per configuration).
+"""sccl-report: the study's table over finished runs (mean +- std over each configuration's runs).
 
     sccl-report runs/study                       # every run directory under runs/study
     sccl-report runs/a runs/b ... [--out DIR] [--plot-set itw]
@@ -7,15 +7,19 @@ A run counts when it holds ``stage1/config.yaml`` (what was trained) and
 ``eval/results.json`` (what it scored); runs without results are listed as incomplete.
 Runs are grouped by configuration = (similarity, temperature, queue size, first queue epoch);
 seeds (run.seed / data.seed) are the replicates. Every other Stage 1 setting must agree
-within a group, else a warning names the keys that differ. Writes into DIR (default: the
-directory given, or the runs' common parent):
+within a group, else a warning names the keys that differ. The spread is called "over
+seeds" only when every run of a configuration has its own seed; runs sharing a seed are
+repeats, and the table then says "over runs". A run is named after its directory, with as
+many parent directories as it takes to tell two runs apart (a/run, b/run). Writes into DIR
+(default: the directory given, or the runs' common parent):
 
-    report.md    grouped table (EER in %, mean +- sample std over seeds, best mean in bold),
-                 then one row per run
+    report.md    grouped table (EER in %, mean +- sample std, best mean in bold), then one
+                 row per run
     report.csv   the grouped table as numbers (one row per configuration)
     runs.csv     one row per run
     <set>_vs_queue.png   EER of --plot-set (default ITW) against queue size, one line per
-                 similarity and queue start (error bars = std over seeds)
+                 similarity and queue start (error bars = std over runs); the no-queue
+                 point (|Q| = 0) has its own marker, where every line of its similarity starts
 
 "pooled" is the EER over all sets' scores concatenated and "mean" the mean of the per-set
 EERs, as sccl/evaluate.py reports them. Exit codes: 0 done, 2 bad input.
@@ -190,19 +194,43 @@ def metrics_of(runs: list[Run]) -> list[str]:
     return [*ordered_sets(names), "pooled", "mean"]
 
 
+def replicates(groups: list[Group]) -> str:
+    """"seeds" when every configuration's runs have distinct seeds, else "runs"."""
+    distinct = all(len({r.seed for r in g.runs}) == len(g.runs) for g in groups)
+    return "seeds" if distinct else "runs"
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Each run's directory name, with as many parent directories as it takes to tell it
+    from every other run (two runs both called ``run`` become ``a/run`` and ``b/run``)."""
+    parts = [p.resolve().parts for p in paths]
+    names = []
+    for i, mine in enumerate(parts):
+        k = 1
+        while k < len(mine) and any(mine[-k:] == other[-k:]
+                                    for j, other in enumerate(parts) if j != i):
+            k += 1
+        names.append("/".join(mine[-k:]))
+    return names
+
+
 def markdown(groups: list[Group], metrics: list[str], incomplete: list[Path],
              warnings: list[str]) -> str:
-    head = ["similarity", "T", "queue", "delayed", "seeds",
+    head = ["similarity", "T", "queue", "delayed", "n", "seeds",
             *[display_name(m) for m in metrics]]
+    over = replicates(groups)
     lines = ["# sccl report", "",
-             f"EER in %, mean ± sample std over seeds; {len(groups)} configuration(s), "
-             f"{sum(len(g.runs) for g in groups)} run(s). pooled = EER over all sets' scores "
-             "concatenated; mean = mean of the per-set EERs. Best mean per column in bold.", "",
+             f"EER in %, mean ± sample std over {over} (n per configuration); "
+             f"{len(groups)} configuration(s), {sum(len(g.runs) for g in groups)} run(s). "
+             + ("" if over == "seeds" else "Some runs of a configuration share a seed: they "
+                "are repeats, not seeds. ")
+             + "pooled = EER over all sets' scores concatenated; mean = mean of the per-set "
+             "EERs. Best mean per column in bold.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = {m: np.nanmin([g.stats(m)[0] for g in groups]) for m in metrics}
     for g in groups:
         sim, temp, q, start = g.key
-        cells = [sim, f"{temp:g}", str(q), delayed_label(q, start),
+        cells = [sim, f"{temp:g}", str(q), delayed_label(q, start), str(len(g.runs)),
                  ",".join(str(r.seed) for r in g.runs)]
         for m in metrics:
             mean, std = g.stats(m)
@@ -253,8 +281,22 @@ def csv_tables(groups: list[Group], metrics: list[str]) -> tuple[str, str]:
 
 
 def plot_vs_queue(groups: list[Group], metric: str, path: Path) -> bool:
+    """Write ``queue_figure`` to ``path``; False (nothing written) if no run has ``metric``."""
+    fig = queue_figure(groups, metric)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def queue_figure(groups: list[Group], metric: str):
     """EER of ``metric`` against queue size: a line per (similarity, temperature, queue
-    start); the no-queue point starts every line of its similarity. False if no run has it."""
+    start); the no-queue point (its own marker) starts every line of its similarity. None if
+    no run has ``metric``."""
     lines: dict[tuple, dict[int, tuple[float, float]]] = {}
     for g in groups:
         sim, temp, q, start = g.key
@@ -265,7 +307,7 @@ def plot_vs_queue(groups: list[Group], metric: str, path: Path) -> bool:
         for s in ([start] if q else starts):  # q=0 is both the delayed and undelayed origin
             lines.setdefault((sim, temp, s), {})[q] = (mean, 0.0 if math.isnan(std) else std)
     if not lines:
-        return False
+        return None
     import matplotlib
 
     matplotlib.use("Agg")  # cluster nodes have no display
@@ -275,24 +317,31 @@ def plot_vs_queue(groups: list[Group], metric: str, path: Path) -> bool:
     pos = {q: i for i, q in enumerate(sizes)}  # even spacing: 0 has no place on a log axis
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     colours = {}  # one colour per (similarity, T); solid = delayed queue, dashed = from start
+    origins = {}  # (similarity, T) -> the no-queue point (mean, std)
     for (sim, temp, start), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
         qs = sorted(pts)
         colour = colours.setdefault((sim, temp), f"C{len(colours)}")
+        if 0 in pts:
+            origins[(sim, temp)] = pts[0]
+        if qs == [0]:
+            continue  # no queue run of this similarity: only its marker below
         label = f"{sim} (T={temp:g}), queue " + (f"from epoch {start}" if start > 1 else
                                                   "from the start")
         ax.errorbar([pos[q] for q in qs], [100 * pts[q][0] for q in qs],
                     yerr=[100 * pts[q][1] for q in qs], marker="o", capsize=3, color=colour,
                     ls="-" if start > 1 else "--", label=label)
+    for i, ((sim, temp), (mean, std)) in enumerate(origins.items()):
+        shift = 0.04 * (i - (len(origins) - 1) / 2)  # side by side: overlapping bars hide
+        ax.errorbar([pos[0] + shift], [100 * mean], yerr=[100 * std], marker="s", markersize=7,
+                    capsize=3, color=colours[(sim, temp)], mec="k", ls="none",
+                    label=f"{sim} (T={temp:g}), no queue")
     ax.set_xticks(range(len(sizes)), [str(q) for q in sizes])
     ax.set_xlabel("queue size |Q| (0 = no queue)")
     ax.set_ylabel(f"{display_name(metric)} EER (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    return True
+    return fig
 
 
 # ------------------------------------------------------------------------ entry point
@@ -303,6 +352,8 @@ def report(paths: list[Path], out: Path | None, plot_set: str = "itw") -> Path:
     run_dirs = find_runs(paths)
     loaded = [(p, load_run(p)) for p in run_dirs]
     runs = [r for _, r in loaded if r is not None]
+    for r, name in zip(runs, unique_names([r.path for r in runs]), strict=True):
+        r.name = name
     incomplete = [p for p, r in loaded if r is None]
     if not runs:
         raise ReportError(f"none of the {len(run_dirs)} run(s) has eval/results.json yet")
@@ -329,7 +380,9 @@ def report(paths: list[Path], out: Path | None, plot_set: str = "itw") -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sccl-report", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories or directories of runs")
-    ap.add_argument("--out", type=Path, default=None, help="where to write (default: see above)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where to write (default: the directory given, when it holds the "
+                         "runs; else the runs' common parent directory)")
     ap.add_argument("--plot-set", default="itw", help="eval set plotted against queue size")
     args = ap.parse_args(argv)
     try:

@@ -63,7 +63,8 @@ def test_mean_std_markdown_csv_plot(grid: Path, capsys):
         assert float(row["mean_mean_pct"]) == pytest.approx(55 * np.mean(eers))
     assert rows[0]["delayed"] == "1" and rows[1]["delayed"] == "0"
     md = (grid / "report.md").read_text()
-    assert "| cosine | 0.3 | 4096 | from epoch 6 | 42,1337,2024 |" in md
+    assert "| cosine | 0.3 | 4096 | from epoch 6 | 3 | 42,1337,2024 |" in md
+    assert "mean ± sample std over seeds" in md
     assert "**8.50 ± 0.50**" in md  # cosine ITW: best mean, in bold
     assert "9.50 ± 0.80" in md  # angular ITW
     head = next(line for line in md.splitlines() if line.startswith("| similarity"))
@@ -109,3 +110,26 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys):
     empty.mkdir()
     assert report.main([str(empty)]) == 2
     assert "no run directories" in capsys.readouterr().err
+
+
+def test_runs_sharing_a_seed_are_not_seeds_and_names_stay_apart(tmp_path: Path):
+    a = make_run(tmp_path / "a", "run", "cosine", 0.3, 0, 1, 42, 0.2)
+    b = make_run(tmp_path / "b", "run", "cosine", 0.3, 0, 1, 42, 0.3)
+    out = tmp_path / "out"
+    assert report.main([str(a), str(b), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "over runs" in md and "over seeds" not in md and "repeats, not seeds" in md
+    assert "| cosine | 0.3 | 0 | - | 2 | 42,42 |" in md
+    names = [r["run"] for r in csv.DictReader((out / "runs.csv").open())]
+    assert sorted(names) == ["a/run", "b/run"]
+    assert "| a/run |" in md and "| b/run |" in md
+
+
+def test_queue_plot_labels_the_no_queue_point(grid: Path):
+    runs = [report.load_run(p) for p in report.find_runs([grid])]
+    make_run(grid, "cos-q0", "cosine", 0.3, 0, 1, 42, 0.1)
+    runs.append(report.load_run(grid / "cos-q0"))
+    fig = report.queue_figure(report.group_runs(runs)[0], "itw")
+    labels = sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert labels == ["angular (T=0.07), no queue", "cosine (T=0.3), no queue",
+                      "cosine (T=0.3), queue from epoch 6"]
