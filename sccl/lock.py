@@ -12,7 +12,8 @@ over, when:
   time recorded from ``/proc/<pid>/stat`` differs), or
 - its holder ran on another host and the file has not been touched for ``stale_after``
   seconds: a live holder refreshes the file's mtime every ``stale_after / 4`` seconds from
-  a daemon thread, so only a holder whose node died stops doing so.
+  a daemon thread, so only a holder whose node died stops doing so, or
+- the file is torn (its writer died between creating and writing it) and older than 30 s.
 
 Taking over a stale lock renames it aside first (one rename wins), so two processes that
 both find it stale cannot both take it.
@@ -103,6 +104,8 @@ class DirLock:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return True
+        if not holder:  # torn: its writer died between creating and writing it (a live
+            return age > min(30.0, self.stale_after)  # writer takes milliseconds)
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             pid = holder["pid"]
             if not _pid_alive(pid):
@@ -110,7 +113,7 @@ class DirLock:
             start = _proc_start(pid)
             return bool(holder.get("pid_start")) and start is not None \
                 and start != holder["pid_start"]
-        # another host, or a torn file: only a missing heartbeat tells
+        # another host: only a missing heartbeat tells
         return age > self.stale_after
 
     # -------------------------------------------------------------------------- acquire

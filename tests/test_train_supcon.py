@@ -261,3 +261,53 @@ def test_queue_gets_a_window_only_after_its_optimizer_step(fresh_accelerate_stat
     assert train_micro_batch(r, batch, True) is None and len(queue) == 8
     assert train_micro_batch(r, bad, True) is False and len(queue) == 8  # window dropped
     assert r.pending == []
+
+
+def test_best_weights_come_from_the_first_queue_epoch(corpus, tmp_path):
+    # Zero learning rates: the dev loss is the same every epoch, so under the old rule the
+    # first epoch (no queue yet) would stay the best one.
+    cfg = tiny_config(tmp_path, corpus, optim={"encoder_lr": 0.0, "head_lr": 0.0, "epochs": 2,
+                                               "patience": 1},
+                      loss={"queue_size": 8, "queue_start_epoch": 2})
+    new, old = tmp_path / "new", tmp_path / "old"
+    proc = run(command(cfg, new))
+    check_ok(proc)
+    _, epochs = log_lines(new)
+    assert epochs[0]["dev_loss"] == epochs[1]["dev_loss"]  # flat
+    info = json.loads((new / "stage1" / "best" / "info.json").read_text())
+    assert (info["epoch"], info["queue_active"], info["selection_from"]) == (2, True, 2)
+    lines = [json.loads(x) for x in (new / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines if x.get("event") == "selection_reset"] == [2]
+    assert "epoch 2: first epoch with the queue" in proc.stdout
+    check_ok(run(command(cfg, old, "--optim.select_after_queue_start", "false")))
+    info = json.loads((old / "stage1" / "best" / "info.json").read_text())
+    assert (info["epoch"], info["queue_active"]) == (1, False)
+
+
+@pytest.mark.parametrize("scope", ["head", "all"])
+def test_clip_scope_head_leaves_encoder_gradients_alone(fresh_accelerate_state, scope):
+    from accelerate import Accelerator
+
+    from sccl import runtime as rt
+    from sccl.model import ModelConfig
+    from sccl.train_supcon import Run, clip_gradients
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = acc.prepare(SupConModel(ModelConfig(encoder="tiny", proj_dim=8, head_dropout=0.0)))
+    cfg = TrainConfig()
+    cfg.optim.grad_clip, cfg.optim.clip_scope = 1e-3, scope
+    r = Run(cfg, acc, model, None, None, None, rt.TrainerState(), None, None, None)
+    z = model(torch.randn(4, 8000), torch.ones(4, 8000, dtype=torch.bool))
+    (z * torch.randn_like(z)).sum().backward()
+    head = {id(p) for p in model.head.parameters()}
+    before = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    norm = clip_gradients(r)
+    after = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    enc = [n for n in before if n.startswith("encoder.")]
+    assert enc and norm > 1e-3
+    same = all(torch.equal(before[n], after[n]) for n in enc)
+    assert same == (scope == "head")
+    head_norm = torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(p.grad) for p in model.parameters() if id(p) in head]))
+    assert head_norm <= 1e-3 * 1.01
