@@ -232,6 +232,7 @@ def test_bad_input_exits_2_with_one_line(corpus, tmp_path, capsys, fresh_acceler
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0], err
     assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # no run directory left behind
 
 
 def test_queue_gets_a_window_only_after_its_optimizer_step(fresh_accelerate_state):
@@ -311,3 +312,44 @@ def test_clip_scope_head_leaves_encoder_gradients_alone(fresh_accelerate_state, 
     head_norm = torch.linalg.vector_norm(torch.stack([
         torch.linalg.vector_norm(p.grad) for p in model.parameters() if id(p) in head]))
     assert head_norm <= 1e-3 * 1.01
+
+
+@pytest.mark.dist
+def test_second_run_on_the_same_dir_exits_2_naming_the_holder(corpus, tmp_path):
+    import signal
+    import time
+
+    cfg = tiny_config(tmp_path, corpus, optim={"epochs": 500, "patience": 0})
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(command(cfg, run_dir), cwd=REPO, env=ENV, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = run_dir / "stage1" / "log.jsonl"
+    while first.poll() is None and not (log.exists() and log.read_text().strip()):
+        time.sleep(0.1)
+    second = run(command(cfg, run_dir, launch="cpu_2proc.yaml"), timeout=120)  # 2 ranks
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode != 0
+    errors = [x for x in second.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, second.stderr[-3000:]  # printed once, by rank 0
+    assert "in use" in errors[0] and f"held by pid {first.pid}" in errors[0], errors
+    steps = [s["global_step"] for s in log_lines(run_dir)[0]]
+    assert steps == list(range(1, len(steps) + 1))  # one writer: nothing interleaved
+
+
+def test_fresh_run_starts_a_fresh_log_and_saves_absolute_paths(corpus, tmp_path):
+    cfg = tiny_config(tmp_path, corpus, optim={"epochs": 1})
+    rel = os.path.relpath(corpus["train"], tmp_path)
+    stage = tmp_path / "run" / "stage1"
+    stage.mkdir(parents=True)
+    (stage / "log.jsonl").write_text('{"global_step": 99, "loss": 1.0}\n')  # an older run's
+    proc = subprocess.run([sys.executable, "-m", "sccl.train_supcon", "--config", cfg,
+                           "--run.dir", "run", "--data.train_shards", rel], cwd=tmp_path,
+                          env=ENV, capture_output=True, text=True, timeout=240)
+    check_ok(proc)
+    assert [s["global_step"] for s in log_lines(tmp_path / "run")[0]] == [1, 2]
+    saved = load_config(TrainConfig, stage / "config.yaml")
+    assert saved.run.dir == str(tmp_path / "run")
+    assert saved.data.train_shards == str(corpus["train"].resolve())
+    assert not (stage / ".lock").exists()
