@@ -492,7 +492,8 @@ class StageClaim:
     when the directory is in use or no checkpoint is intact; none hangs. ``release`` also
     removes the directories the claim created if they stayed empty (an input error)."""
 
-    def __init__(self, accelerator, paths: StagePaths, what: str, resume: str) -> None:
+    def __init__(self, accelerator, paths: StagePaths, what: str, resume: str | None) -> None:
+        """``resume``: ``run.resume`` of a stage with checkpoints, None for one without."""
         from sccl.config import ConfigError
         from sccl.lock import DirLock, LockHeldError
 
@@ -501,7 +502,8 @@ class StageClaim:
         if accelerator.is_main_process:
             try:
                 self.lock = DirLock(paths.dir, what=f"{what} of {paths.root}").acquire()
-                checkpoint = choose_checkpoint(resume, paths.checkpoints)
+                if resume is not None:
+                    checkpoint = choose_checkpoint(resume, paths.checkpoints)
             except (LockHeldError, ConfigError) as e:
                 error = str(e)
         checkpoint, error = dist.broadcast_object((checkpoint, error))

@@ -11,7 +11,9 @@ RUN/stage2/embeddings and reused while the Stage 1 weights, shards and crop stay
 Then, on the main process, ``Linear(256, 1)`` is trained with BCEWithLogits (pos_weight =
 #spoof / #bona fide, label 1 = bona fide) and AdamW, early-stopped on the dev EER; the best
 epoch's classifier, its dev EER threshold and RUN/export (``SpoofDetector``) are written.
-Layout of RUN/stage2: sccl/linear.py. Exit codes: 0 done, 2 bad input.
+Layout of RUN/stage2: sccl/linear.py. The stage directory is locked while the stage runs (a
+second run on it exits 2 naming the holder; docs/reliability.md). Paths are saved absolute.
+Exit codes: 0 done, 2 bad input (also: the stage directory in use).
 """
 # ruff: noqa: E402  (the sys.path fix below must run before the imports)
 
@@ -37,7 +39,13 @@ from safetensors.torch import save as safetensors_save
 
 from sccl import dist
 from sccl import runtime as rt
-from sccl.config import ConfigError, from_dict, parse_config, read_config_file
+from sccl.config import (
+    ConfigError,
+    from_dict,
+    parse_config,
+    read_config_file,
+    report_input_error,
+)
 from sccl.data import DataConfig, ShardDirError
 from sccl.embed import EmbedError, EmbedOptions, collect, embed_share, make_accelerator
 from sccl.linear import (
@@ -81,9 +89,11 @@ class Stage2Config:
     linear: LinearConfig = field(default_factory=LinearConfig)
 
 
-def stage1_data_config(run: Path, train: str = "", dev: str = "", workers: int = -1
-                       ) -> DataConfig:
-    """Stage 1's DataConfig (RUN/stage1/config.yaml), with shard dirs / workers overridden."""
+def stage1_data_config(run: Path, train: str = "", dev: str = "", workers: int = -1,
+                       need: tuple[str, ...] = ()) -> DataConfig:
+    """Stage 1's DataConfig (RUN/stage1/config.yaml), with shard dirs / workers overridden.
+    Each field named in ``need`` must be a shard directory; the error names where its value
+    came from (the config file, or the command line)."""
     path = run / "stage1" / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: missing; --run.dir must be a run directory with Stage 1")
@@ -93,6 +103,11 @@ def stage1_data_config(run: Path, train: str = "", dev: str = "", workers: int =
     changes = {"train_shards": train or cfg.train_shards, "dev_shards": dev or cfg.dev_shards}
     if workers >= 0:
         changes["num_workers"] = workers
+    for name in need:
+        value, given = changes[name], {"train_shards": train, "dev_shards": dev}[name]
+        if not value or not (Path(value) / "manifest.json").is_file():
+            where = f"--data.{name}" if given else f"data.{name} in {path}"
+            raise ConfigError(f"{where}: {value!r} is not a shard directory (no manifest.json)")
     return dataclasses.replace(cfg, **changes)
 
 
@@ -160,31 +175,37 @@ def run_stage2(cfg: Stage2Config) -> int:
         raise ConfigError("run.dir is required (the run directory of a finished Stage 1)")
     if cfg.run.stage1 not in ("best", "last"):
         raise ConfigError(f"run.stage1 must be 'best' or 'last', got {cfg.run.stage1!r}")
-    run = Path(cfg.run.dir)
+    run = Path(cfg.run.dir).expanduser().resolve()
     d = cfg.data
-    data_cfg = stage1_data_config(run, d.train_shards, d.dev_shards, d.num_workers)
-    for name in ("train_shards", "dev_shards"):
-        value = getattr(data_cfg, name)
-        if not value or not (Path(value) / "manifest.json").is_file():
-            raise ConfigError(f"data.{name}={value!r} is not a shard directory (manifest.json)")
+    data_cfg = stage1_data_config(run, _absolute(d.train_shards), _absolute(d.dev_shards),
+                                  d.num_workers, need=("train_shards", "dev_shards"))
+    cfg.run.dir = str(run)  # recorded as resolved, absolute
     cfg.data = dataclasses.replace(d, train_shards=data_cfg.train_shards,
-                                   dev_shards=data_cfg.dev_shards)  # recorded as resolved
+                                   dev_shards=data_cfg.dev_shards)
     weights = stage1_weights(run, cfg.run.stage1)
     paths = rt.StagePaths(run, "stage2")
     accelerator = make_accelerator()
-    rt.record_run(accelerator, cfg, paths, None, stage="Stage 2")
-    weights_sha = file_sha256(weights)
     model = SupConModel.from_pretrained(weights.parent).to(accelerator.device).eval()
     model.requires_grad_(False)
-    splits = {}
-    for split, shard_dir in (("train", data_cfg.train_shards), ("dev", data_cfg.dev_shards)):
-        splits[split] = embeddings(split, shard_dir, model, data_cfg, cfg.embed, weights_sha,
-                                   paths.dir, accelerator)
-    if accelerator.is_main_process:
-        fit_and_save(cfg, run, paths, splits, weights_sha, data_cfg)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    claim = rt.StageClaim(accelerator, paths, "Stage 2", None)  # exits 2 if in use
+    try:
+        rt.record_run(accelerator, cfg, paths, None, stage="Stage 2")
+        weights_sha = file_sha256(weights)
+        splits = {}
+        for split, shard_dir in (("train", data_cfg.train_shards), ("dev", data_cfg.dev_shards)):
+            splits[split] = embeddings(split, shard_dir, model, data_cfg, cfg.embed, weights_sha,
+                                       paths.dir, accelerator)
+        if accelerator.is_main_process:
+            fit_and_save(cfg, run, paths, splits, weights_sha, data_cfg)
+        accelerator.wait_for_everyone()
+    finally:
+        claim.release()
+        accelerator.end_training()
     return 0
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""
 
 
 def fit_and_save(cfg: Stage2Config, run: Path, paths: rt.StagePaths, splits: dict,
@@ -224,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_stage2(parse_config(Stage2Config, argv, prog="python -m sccl.train_linear"))
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(e)
 
 
 if __name__ == "__main__":

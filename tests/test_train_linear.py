@@ -4,6 +4,7 @@ on a fixture run (random tiny Stage 1, short fixture shards, one process)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -144,3 +145,34 @@ def test_stage2_clear_errors(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert stage2_main([]) == 2
     assert "run.dir is required" in capsys.readouterr().err
+
+
+def test_stage2_from_another_directory_and_relative_paths(tmp_path, monkeypatch, capsys):
+    sets = make_sets(tmp_path / "shards")
+    monkeypatch.chdir(tmp_path)
+    # A Stage 1 config of older versions held paths relative to where Stage 1 ran: from
+    # elsewhere the error names the file the value came from.
+    make_stage1_run(tmp_path / "old", "shards/train", "shards/dev")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert stage2_main(["--run.dir", "../old", *STAGE2_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert f"data.train_shards in {tmp_path / 'old/stage1/config.yaml'}: 'shards/train' is not" \
+        in err, err
+    assert not (tmp_path / "old" / "stage2").exists()  # nothing created for bad input
+    # Stage 1 now saves absolute paths: Stage 2 works from any directory, and saves its own
+    # paths absolute too.
+    make_stage1_run(tmp_path / "new", sets["train"], sets["dev"])
+    assert stage2_main(["--run.dir", "../new", *STAGE2_ARGS, "--run.export", "false"]) == 0
+    saved = (tmp_path / "new" / "stage2" / "config.yaml").read_text()
+    assert f"dir: {tmp_path / 'new'}\n" in saved
+
+
+def test_stage2_refuses_a_stage_dir_in_use(stage2_run, capsys):
+    from sccl.lock import DirLock
+
+    run, _ = stage2_run
+    with DirLock(run / "stage2"):
+        assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "Stage 2" in err and "is in use" in err and f"pid {os.getpid()}" in err, err
