@@ -5,7 +5,7 @@
     for batch in loader:   # len(loader) = steps per epoch, the same on every rank
         wave, mask, label = batch["wave"], batch["attention_mask"], batch["label"]
 
-Epoch (REFERENCE: all bona fide + an equal random draw of spoof): with n_b bona fide in the
+Epoch (the study's, docs/study.md: all bona fide + an equal random draw of spoof): with n_b bona fide in the
 manifest, an epoch is n_b * (1 + spoof_per_bonafide) samples, i.e.
     steps = floor(n_b * (1 + spoof_per_bonafide) / (world_size * B)),  B = batch_size // world_size,
 each rank batch holding round(B * bonafide_share) bona fide and the rest spoof. With the
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sccl.config import ConfigError
 from sccl.data_eval import EvalBatches, EvalPlan, padding_batch
-from sccl.data_shards import ShardDirError, load_shard_set
+from sccl.data_shards import CorruptDataError, ShardDirError, load_shard_set
 from sccl.data_train import TrainBatches, TrainPlan
 from sccl.rawboost import RawBoostConfig
 
@@ -41,10 +42,6 @@ __all__ = ["DataConfig", "TrainLoader", "EvalLoader", "CorruptDataError", "Shard
            "build_train_loader", "build_dev_loader", "build_eval_loader"]
 
 log = logging.getLogger("sccl.data")
-
-
-class CorruptDataError(RuntimeError):
-    """More undecodable samples than DataConfig.max_corrupt_share allows."""
 
 
 @dataclass
@@ -74,7 +71,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     """Shuffle buffer per label stream and worker, in samples (holds encoded bytes)."""
     rawboost: bool = True
-    """Apply RawBoost (sccl.rawboost, REFERENCE parameters) to training batches in the workers."""
+    """Apply RawBoost (sccl.rawboost, the study's parameters) to training batches in the workers."""
     rawboost_p: float = 0.7
     """Probability that a training utterance is augmented by RawBoost."""
     spoof_per_bonafide: float = 1.0
@@ -87,6 +84,11 @@ class DataConfig:
     rank, worker/batch)."""
     train_crop: str = "head"
     """Training crop: "head" = first crop_seconds (the study's code), or a "random" window."""
+    min_clip_samples: int = 400
+    """Clips with fewer real samples (after cropping) are too short for the encoder: training
+    and dev batches skip them like undecodable ones (counted in short_count, named in the log);
+    evaluation pads them with silence to this length and scores them. 400 = the receptive
+    field of wav2vec 2.0 / XLS-R (one frame); check_encoder refuses less than the model's."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -102,22 +104,65 @@ class DataConfig:
             (0.0 <= self.rawboost_p <= 1.0, "rawboost_p must be in [0, 1]"),
             (self.spoof_per_bonafide > 0, "spoof_per_bonafide must be > 0"),
             (0.0 <= self.max_corrupt_share <= 1.0, "max_corrupt_share must be in [0, 1]"),
+            (self.min_clip_samples >= 1, "min_clip_samples must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"DataConfig: {msg}")
 
+    def rank_rows(self, world_size: int) -> tuple[int, int]:
+        """(bona fide, spoof) rows of each rank batch for `world_size` processes; ConfigError
+        when the batch cannot be split (call it before any work: WORLD_SIZE is known at
+        launch)."""
+        if world_size < 1 or self.batch_size % world_size:
+            raise ConfigError(f"data.batch_size={self.batch_size} is the global batch: it must "
+                              f"be divisible by the number of processes ({world_size})")
+        rows = self.batch_size // world_size
+        bona = math.floor(rows * self.bonafide_share + 0.5)
+        if not 1 <= bona <= rows - 1:
+            raise ConfigError(
+                f"data.bonafide_share={self.bonafide_share} gives {bona} bona fide of {rows} rows "
+                f"per process (data.batch_size={self.batch_size} over {world_size}); every rank "
+                "batch needs at least one row of each label: raise data.batch_size or move "
+                "data.bonafide_share towards 0.5")
+        return bona, rows - bona
+
+    def check_encoder(self, receptive_field: int) -> None:
+        """ConfigError when a crop or min_clip_samples is shorter than the encoder's receptive
+        field (ModelConfig.receptive_field()): the encoder would get no frame."""
+        sizes = {"data.crop_seconds": round(self.crop_seconds * self.sample_rate),
+                 "data.min_clip_samples": self.min_clip_samples}
+        if self.eval_seconds > 0:
+            sizes["data.eval_seconds"] = round(self.eval_seconds * self.sample_rate)
+        for key, samples in sizes.items():
+            if samples < receptive_field:
+                raise ConfigError(
+                    f"{key}={getattr(self, key.split('.')[1])} gives {samples} samples at "
+                    f"{self.sample_rate} Hz, fewer than the encoder's receptive field "
+                    f"({receptive_field} samples = {receptive_field / self.sample_rate:.4g} s)")
+
 
 class _Accounting:
-    """Corrupt-sample bookkeeping shared by the train and eval loaders (main process)."""
+    """Corrupt- and short-sample bookkeeping shared by the train and eval loaders (main
+    process). Short clips are valid audio, so they do not count against max_corrupt_share."""
 
     def _init_accounting(self, where: str, max_share: float) -> None:
-        self.corrupt_count, self.seen_count = 0, 0
+        self.corrupt_count, self.short_count, self.seen_count = 0, 0, 0
         self.corrupt_keys: list[str] = []
+        self.short_keys: list[str] = []
         self._where, self._max_share = where, max_share
 
     def _account(self, batch: dict) -> dict:
+        if "_error" in batch:  # raised in a loader worker: re-raised here as one line
+            raise batch["_error"]
         self.seen_count += batch.pop("_seen")
+        for key, shard, samples, action in batch.pop("_short"):
+            self.short_count += 1
+            if key not in self.short_keys:
+                self.short_keys.append(key)
+                log.warning("%s sample %s in %s/%s: %d samples, fewer than the encoder's "
+                            "minimum (data.min_clip_samples)", action, key, self._where, shard,
+                            samples)
         for key, shard, why in batch.pop("_corrupt"):
             self.corrupt_count += 1
             if key not in self.corrupt_keys:
@@ -159,7 +204,8 @@ def _as_is(batch: dict) -> dict:
 
 class TrainLoader(_Accounting):
     """One rank's batches of one epoch. len() = steps per epoch (same on every rank); iterating
-    yields batches start_step .. len()-1. `corrupt_count` = undecodable samples met so far."""
+    yields batches start_step .. len()-1. `corrupt_count` / `short_count` = undecodable / too
+    short samples met (and replaced) so far."""
 
     def __init__(self, plan: TrainPlan, num_workers: int, max_corrupt_share: float):
         self.plan, self.num_workers = plan, num_workers
@@ -193,14 +239,8 @@ def _check_rank(rank: int, world_size: int) -> None:
 def _balanced_plan(shard_dir: str, cfg: DataConfig, rank: int, world_size: int, epoch: int,
                    start_step: int, crop_mode: str, rawboost: bool, attacks_from: str) -> TrainPlan:
     _check_rank(rank, world_size)
-    if cfg.batch_size % world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} (global) is not divisible by world_size "
-                         f"{world_size}")
-    B = cfg.batch_size // world_size
-    nb = math.floor(B * cfg.bonafide_share + 0.5)
-    if not 1 <= nb <= B - 1:
-        raise ValueError(f"per-rank batch {B} with bonafide_share {cfg.bonafide_share} gives {nb} "
-                         "bona fide rows; need at least one row of each label")
+    nb, n_spoof = cfg.rank_rows(world_size)
+    B = nb + n_spoof
     ss = load_shard_set(shard_dir)
     n_b, n_s = ss.counts["bonafide"], ss.counts["spoof"]
     if n_b == 0 or n_s == 0:
@@ -225,7 +265,7 @@ def _balanced_plan(shard_dir: str, cfg: DataConfig, rank: int, world_size: int, 
         steps=steps, n_bonafide=nb, n_spoof=B - nb, num_slots=max(1, cfg.num_workers),
         seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, sample_rate=cfg.sample_rate,
         crop_len=round(cfg.crop_seconds * cfg.sample_rate), crop_mode=crop_mode,
-        label_mode=cfg.label_mode, attacks=attacks,
+        label_mode=cfg.label_mode, attacks=attacks, min_samples=cfg.min_clip_samples,
         rawboost=RawBoostConfig(p=cfg.rawboost_p, sample_rate=cfg.sample_rate) if rawboost
         else None)
 
@@ -254,7 +294,8 @@ def build_dev_loader(cfg: DataConfig, *, rank: int, world_size: int) -> TrainLoa
 class EvalLoader(_Accounting):
     """One rank's share of an evaluation set; len() equal on every rank. Batches: "wave",
     "attention_mask", "label" (1 = bona fide, -1 if unreadable), "attack", "utt_id", "valid"
-    (False for padding and undecodable trials: keep them out of metrics)."""
+    (False for padding and undecodable trials: keep them out of metrics). Trials shorter than
+    min_clip_samples are padded with silence to it and scored (counted in short_count)."""
 
     def __init__(self, plan: EvalPlan, num_workers: int, max_corrupt_share: float):
         self.plan, self.num_workers = plan, num_workers
@@ -287,7 +328,8 @@ def build_eval_loader(shard_dir: str, cfg: DataConfig, *, rank: int, world_size:
     ss = load_shard_set(shard_dir)
     crop = round(seconds * cfg.sample_rate) if seconds > 0 else None
     # More workers than batches would only start idle processes.
-    plan = EvalPlan(ss, rank, world_size, batch_size, cfg.sample_rate, crop, 1)
+    plan = EvalPlan(ss, rank, world_size, batch_size, cfg.sample_rate, crop, 1,
+                    cfg.min_clip_samples)
     workers = min(cfg.num_workers, plan.rank_batches(rank))
     plan.num_slots = max(1, workers)
     return EvalLoader(plan, workers, cfg.max_corrupt_share)

@@ -5,6 +5,10 @@ a rank's range is cut into batches, and each loader worker takes a contiguous ru
 batches (so it reads a contiguous part of the shards once). A rank with fewer batches than the
 largest share repeats its last batch with `valid` all False until every rank has the same
 `len()`; an undecodable sample keeps its row (utt_id, label) with `valid` False and is counted.
+A decodable trial shorter than `min_samples` (the encoder's receptive field) is padded with
+silence to that length and scored, so that every trial of a protocol gets a score and the EER
+stays comparable with published ones; it is counted (short_count) and named in the log. An
+empty trial (0 samples) has nothing to score: it is handled as undecodable.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class EvalPlan:
     sample_rate: int
     crop_len: int | None  # samples kept from the start; None = whole utterances
     num_slots: int
+    min_samples: int = 1  # shorter trials are padded with silence to this length
 
     def rank_range(self, r: int) -> tuple[int, int]:
         n = self.shard_set.num_samples
@@ -54,7 +59,7 @@ class EvalPlan:
         return ShardSequence(self.shard_set.shards, (), shuffle=False)
 
 
-def _row(plan: EvalPlan, item: Item, corrupt: list) -> tuple:
+def _row(plan: EvalPlan, item: Item, corrupt: list, short: list) -> tuple:
     """(wave or None, real length, label, attack, utt_id) of one trial."""
     meta = item.meta or {}
     label = item_label(item)
@@ -65,15 +70,27 @@ def _row(plan: EvalPlan, item: Item, corrupt: list) -> tuple:
             raise audio.AudioDecodeError(item.error)
         row[0], row[1] = audio.head_crop(item.audio, sample_rate=plan.sample_rate,
                                          length=plan.crop_len)
+        if row[1] == 0:
+            raise audio.AudioDecodeError("empty audio (0 samples)")
     except audio.AudioDecodeError as err:
         corrupt.append((item.key, item.shard, str(err)))
+        row[0] = None
+    if row[0] is not None and row[1] < plan.min_samples:
+        short.append((item.key, item.shard, row[1], "padded and scored"))
+        row[0], row[1] = _pad(row[0], plan.min_samples), plan.min_samples
     return tuple(row)
+
+
+def _pad(wave: torch.Tensor, length: int) -> torch.Tensor:
+    """(T,) wave zero-padded to at least `length` samples (a head crop is already padded)."""
+    return torch.nn.functional.pad(wave, (0, max(0, length - wave.shape[0])))
 
 
 def make_eval_batch(plan: EvalPlan, items: list[Item]) -> dict:
     """Decode and collate trials; rows that fail keep their ids with valid=False."""
     corrupt: list = []
-    rows = [_row(plan, it, corrupt) for it in items]
+    short: list = []
+    rows = [_row(plan, it, corrupt, short) for it in items]
     good = [r for r in rows if r[0] is not None]
     filler = (good[0][0], good[0][1]) if good else (
         torch.zeros(plan.crop_len or plan.sample_rate), plan.crop_len or plan.sample_rate)
@@ -84,7 +101,7 @@ def make_eval_batch(plan: EvalPlan, items: list[Item]) -> dict:
             "label": torch.tensor([r[2] for r in rows], dtype=torch.long),
             "attack": [r[3] for r in rows], "utt_id": [r[4] for r in rows],
             "valid": torch.tensor([r[0] is not None for r in rows], dtype=torch.bool),
-            "_corrupt": corrupt, "_seen": len(rows)}
+            "_corrupt": corrupt, "_short": short, "_seen": len(rows)}
 
 
 def read_items(plan: EvalPlan, start: int, stop: int):

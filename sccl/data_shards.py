@@ -1,6 +1,6 @@
 """Reading shard directories for sccl.data: the manifest, tar shards, and position streams.
 
-A shard directory (format in the team contract, written by `sccl-shards build`) holds
+A shard directory (format in docs/design.md, written by `sccl-shards build`) holds
 `manifest.json` and tar shards. Everything sccl.data needs to plan an epoch comes from the
 manifest (per-shard sample counts and labels), so every rank plans the same epoch without
 reading any audio. Tars are read as webdataset groups them (sccl.data_tar).
@@ -29,6 +29,10 @@ BONAFIDE_ATTACKS = ("-", "bonafide", "bona-fide")  # attack names the builders g
 
 class ShardDirError(ValueError):
     """A shard directory or its manifest is missing, incomplete or inconsistent."""
+
+
+class CorruptDataError(RuntimeError):
+    """Too many undecodable samples (DataConfig.max_corrupt_share), or none usable at all."""
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,14 @@ Layout of one epoch (planned from manifest counts only, identical on every rank)
 - Inside a slot each label stream goes through a seeded shuffle buffer computed on positions
   (data_shards.buffer_order), so skipping the first batches (resume) needs no decoding, and
   shards holding only skipped samples are not opened at all.
-- A sample that cannot be decoded is replaced by the next decodable sample of the same stream
-  (looked ahead, not consumed: the stream's own order is untouched, so resumed and
-  uninterrupted runs agree) and reported to the main process with the batch.
+- A sample that cannot be decoded, or is too short for the encoder (fewer real samples than
+  min_samples: 0-sample clips included), is replaced by the next usable sample of the same
+  stream (looked ahead, not consumed: the stream's own order is untouched, so resumed and
+  uninterrupted runs agree) and reported to the main process with the batch. The batch keeps
+  its shape and label balance, so every rank still takes the same steps.
+- Data errors raised in a worker (ShardDirError, CorruptDataError) travel to the main process
+  as a batch holding only "_error", which sccl.data raises there: one clear message instead of
+  the DataLoader's wrapped worker traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 
 from sccl import audio
 from sccl.data_shards import (
+    CorruptDataError,
     Item,
     ShardDirError,
     ShardSequence,
@@ -62,6 +68,7 @@ class TrainPlan:
     label_mode: str  # "binary" | "attack"
     attacks: list[str]  # spoof attacks, sorted: attack class k+1
     rawboost: RawBoostConfig | None = None
+    min_samples: int = 1  # fewer real samples in the crop: too short for the encoder, replaced
 
     def slot_batches(self, v: int) -> range:
         return range(v, self.steps, self.num_slots)
@@ -149,21 +156,35 @@ def _label_of(plan: TrainPlan, item: Item, label: str) -> int:
     return 1 + plan.attacks.index(attack)
 
 
+class _TooShort(audio.AudioDecodeError):
+    """Decodable, but fewer real samples than the encoder needs."""
+
+    def __init__(self, samples: int):
+        super().__init__(f"{samples} samples")
+        self.samples = samples
+
+
 def _decode(plan: TrainPlan, item: Item, u: float, out: torch.Tensor) -> int:
-    """Decode item's crop into `out` (crop_len,); returns its real samples."""
+    """Decode item's crop into `out` (crop_len,); returns its real samples (>= min_samples)."""
     if item.error is not None:
         raise audio.AudioDecodeError(item.error)
-    return audio.crop_into(item.audio, out, sample_rate=plan.sample_rate,
-                           u=u if plan.crop_mode == "random" else None)
+    n = audio.crop_into(item.audio, out, sample_rate=plan.sample_rate,
+                        u=u if plan.crop_mode == "random" else None)
+    if n < plan.min_samples:
+        raise _TooShort(n)
+    return n
 
 
-def _row(plan: TrainPlan, stream: _Stream, u: float, out: torch.Tensor, corrupt: list) -> tuple:
+def _row(plan: TrainPlan, stream: _Stream, u: float, out: torch.Tensor, corrupt: list,
+         short: list) -> tuple:
     """Decode the stream's next sample (or its replacement) into `out` -> (length, label, key)."""
     item = stream.pop()
     try:
         n = _decode(plan, item, u, out)
         stream.last_good = item
         return n, _label_of(plan, item, stream.label), item.key
+    except _TooShort as err:
+        short.append((item.key, item.shard, err.samples, "skipped"))
     except audio.AudioDecodeError as err:
         corrupt.append((item.key, item.shard, str(err)))
     spares = [stream.peek(k) for k in range(_LOOKAHEAD)] + [stream.last_good]
@@ -175,8 +196,10 @@ def _row(plan: TrainPlan, stream: _Stream, u: float, out: torch.Tensor, corrupt:
         except audio.AudioDecodeError:
             continue
         return n, _label_of(plan, spare, stream.label), spare.key
-    raise RuntimeError(f"{plan.shard_set.root}: no decodable {stream.label} sample near "
-                       f"{item.key} ({item.shard}); the shard directory looks broken")
+    raise CorruptDataError(
+        f"{plan.shard_set.root}: no usable {stream.label} sample: {item.key} ({item.shard}) and "
+        f"the next {_LOOKAHEAD} {stream.label} samples are undecodable or shorter than "
+        f"{plan.min_samples} samples; check the shards with `sccl-shards verify`")
 
 
 def make_batch(plan: TrainPlan, j: int, streams: dict[str, _Stream]) -> dict:
@@ -187,16 +210,16 @@ def make_batch(plan: TrainPlan, j: int, streams: dict[str, _Stream]) -> dict:
     where = np.argsort(perm)  # row i of the label-ordered draw goes to batch row where[i]
     labels = ["bonafide"] * plan.n_bonafide + ["spoof"] * plan.n_spoof
     wave = torch.empty(B, plan.crop_len, dtype=torch.float32)  # decoded into in place
-    rows, corrupt = [None] * B, []
+    rows, corrupt, short = [None] * B, [], []
     for i, lab in enumerate(labels):
-        rows[where[i]] = _row(plan, streams[lab], float(u[i]), wave[where[i]], corrupt)
+        rows[where[i]] = _row(plan, streams[lab], float(u[i]), wave[where[i]], corrupt, short)
     mask = audio.length_mask([r[0] for r in rows], plan.crop_len)  # (B, T)
     if plan.rawboost is not None:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         wave = RawBoost(plan.rawboost).apply(wave, mask, gen)
     return {"wave": wave, "attention_mask": mask,
             "label": torch.tensor([r[1] for r in rows], dtype=torch.long),
-            "utt_id": [r[2] for r in rows], "_corrupt": corrupt, "_seen": B}
+            "utt_id": [r[2] for r in rows], "_corrupt": corrupt, "_short": short, "_seen": B}
 
 
 class TrainBatches(torch.utils.data.IterableDataset):
@@ -214,7 +237,10 @@ class TrainBatches(torch.utils.data.IterableDataset):
         # Physical worker p serves slot v so that the first batch out (p = 0 first, by the
         # DataLoader's round-robin) is batch start_step.
         v = (p + plan.start_step) % k
-        streams = {lab: _Stream(plan, lab, v) for lab in ("bonafide", "spoof")}
-        for j in plan.slot_batches(v):
-            if j >= plan.start_step:
-                yield make_batch(plan, j, streams)
+        try:
+            streams = {lab: _Stream(plan, lab, v) for lab in ("bonafide", "spoof")}
+            for j in plan.slot_batches(v):
+                if j >= plan.start_step:
+                    yield make_batch(plan, j, streams)
+        except (ShardDirError, CorruptDataError) as err:
+            yield {"_error": err}

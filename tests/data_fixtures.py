@@ -1,4 +1,4 @@
-"""Small shard directories in the contract's format, written from generated audio.
+"""Small shard directories in the format of docs/design.md, written from generated audio.
 
 Independent of the real shard builder (shards/build.py) on purpose: the data pipeline's tests
 pin the format itself, so a builder bug cannot hide a reader bug or the other way round.
@@ -53,12 +53,15 @@ def write_shards(out_dir, *, n_bonafide: int = 8, n_spoof: int = 8, split_by_lab
                  n_shards: tuple[int, int] | int = (2, 2), attacks=("A01", "A02", "A03"),
                  sample_rate: int = 16000, seconds=(0.15, 0.3), fmt: str = "flac",
                  channels: int = 1, split: str = "train", seed: int = 0,
-                 corrupt: tuple[str, ...] = (), shard_counts: bool = False) -> dict:
+                 corrupt: tuple[str, ...] = (), shard_counts: bool = False,
+                 lengths: dict[str, int] | None = None) -> dict:
     """Write a shard directory; returns its manifest.
 
     n_shards: (bona fide shards, spoof shards) when split by label, else the total number.
     corrupt: utt_ids whose audio bytes are replaced by garbage.
     shard_counts: add per-shard "counts" (the sccl-shards builder's extension) to the entries.
+    lengths: utt_id -> samples its clip is cut to (short clips; written as WAV, which unlike
+        FLAC can hold 0 samples).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ def write_shards(out_dir, *, n_bonafide: int = 8, n_spoof: int = 8, split_by_lab
         for k, part in enumerate(np.array_split(np.arange(len(group)), n)):
             name = f"{split}-{label + '-' if label else ''}{k:06d}.tar"
             dur = _write_tar(out / name, [group[i] for i in part], rng, sample_rate, seconds,
-                             fmt, channels, split, corrupt)
+                             fmt, channels, split, corrupt, lengths or {})
             data = (out / name).read_bytes()
             entries.append({"name": name, "label": label, "num_samples": len(part),
                             "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
@@ -97,17 +100,19 @@ def write_shards(out_dir, *, n_bonafide: int = 8, n_spoof: int = 8, split_by_lab
     return manifest
 
 
-def _write_tar(path, samples, rng, sr, seconds, fmt, channels, split, corrupt) -> float:
+def _write_tar(path, samples, rng, sr, seconds, fmt, channels, split, corrupt, lengths) -> float:
     total = 0.0
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for utt, label, attack in samples:
-            wave = make_wave(rng, rng.uniform(*seconds), sr, channels)
-            audio = b"this is not audio" * 10 if utt in corrupt else encode(wave, sr, fmt)
+            wave, ext = make_wave(rng, rng.uniform(*seconds), sr, channels), fmt
+            if utt in lengths:
+                wave, ext = wave[:lengths[utt]], "wav"
+            audio = b"this is not audio" * 10 if utt in corrupt else encode(wave, sr, ext)
             meta = {"utt_id": utt, "label": label, "attack": attack, "speaker": "spk",
                     "dataset": "fixture", "subset": split, "sample_rate": sr,
                     "num_samples": len(wave), "duration": len(wave) / sr,
-                    "sha256": hashlib.sha256(audio).hexdigest(), "source": f"{utt}.{fmt}"}
-            _add(tar, f"{utt}.{fmt}", audio)
+                    "sha256": hashlib.sha256(audio).hexdigest(), "source": f"{utt}.{ext}"}
+            _add(tar, f"{utt}.{ext}", audio)
             _add(tar, f"{utt}.json", json.dumps(meta).encode("utf-8"))
             total += len(wave) / sr
     return total

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sccl import audio
+from sccl.config import ConfigError
 from sccl.data import (
     CorruptDataError,
     DataConfig,
@@ -86,8 +87,29 @@ def test_bad_config_values():
         DataConfig(label_mode="multi")
     with pytest.raises(ValueError, match="bonafide_share"):
         DataConfig(bonafide_share=1.0)
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ConfigError, match="must be divisible by the number of processes"):
         build_train_loader(_cfg("x", batch_size=5), rank=0, world_size=2, epoch=0)
+
+
+def test_unsatisfiable_bonafide_share_is_a_config_error_before_reading(tmp_path):
+    cfg = _cfg(str(tmp_path / "never_read"), batch_size=8, bonafide_share=0.1)
+    assert cfg.rank_rows(1) == (1, 7)  # 8 rows: one bona fide
+    with pytest.raises(ConfigError) as err:
+        cfg.rank_rows(2)  # 4 rows per rank: round(0.4) = 0 bona fide
+    assert str(err.value).startswith("data.bonafide_share=0.1 gives 0 bona fide of 4 rows")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="data.bonafide_share=0.1"):  # before the shards
+        build_train_loader(cfg, rank=0, world_size=2, epoch=0)
+
+
+def test_crops_shorter_than_the_receptive_field_are_refused():
+    DataConfig().check_encoder(400)
+    DataConfig(crop_seconds=0.025, eval_seconds=0).check_encoder(400)  # exactly 400 samples
+    for kw, needle in [({"crop_seconds": 0.02}, "data.crop_seconds=0.02 gives 320 samples"),
+                       ({"eval_seconds": 0.01}, "data.eval_seconds=0.01 gives 160 samples"),
+                       ({"min_clip_samples": 399}, "data.min_clip_samples=399 gives 399")]:
+        with pytest.raises(ConfigError, match=needle):
+            DataConfig(**kw).check_encoder(400)
 
 
 @pytest.mark.parametrize("kind", ["split", "mixed", "mixed_counts"])
@@ -211,6 +233,39 @@ def test_corrupt_sample_is_replaced_counted_and_resume_stays_exact(shard_dirs, c
         list(strict)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_short_clips_are_replaced_counted_and_resume_stays_exact(tmp_path, caplog, workers):
+    # 0 samples (a header-only WAV) and 399 are too short for the encoder; 400 is enough.
+    lengths = {"train_bona_0002": 0, "train_spoof_0005": 399, "train_spoof_0006": 400}
+    write_shards(tmp_path / "s", n_bonafide=8, n_spoof=8, lengths=lengths)
+    cfg = _cfg(str(tmp_path / "s"), batch_size=4, num_workers=workers, train_crop="head")
+    loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0)
+    full = list(loader)
+    assert len(full) == 4 and loader.short_count == 2 and loader.corrupt_count == 0
+    assert sorted(loader.short_keys) == ["train_bona_0002", "train_spoof_0005"]
+    assert "train_bona_0002" in caplog.text and "train_spoof_0005" in caplog.text
+    ids = [u for b in full for u in b["utt_id"]]
+    assert "train_spoof_0006" in ids and not {"train_bona_0002", "train_spoof_0005"} & set(ids)
+    for b in full:  # still balanced, equal-length, and every row long enough for the encoder
+        assert sorted(b["label"].tolist()) == [0, 0, 1, 1] and b["wave"].shape == (4, 800)
+        assert b["attention_mask"].sum(1).min() >= 400
+    for k in range(1, 4):
+        resumed = list(build_train_loader(cfg, rank=0, world_size=1, epoch=0, start_step=k))
+        assert _ids(resumed) == _ids(full[k:])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_no_usable_sample_of_a_label_is_one_clear_error(tmp_path, workers):
+    spoof = [f"train_spoof_{i:04d}" for i in range(3)]
+    write_shards(tmp_path / "s", n_bonafide=4, n_spoof=3, n_shards=(1, 1), corrupt=spoof[:2],
+                 lengths={spoof[2]: 10})
+    cfg = _cfg(str(tmp_path / "s"), batch_size=2, num_workers=workers, max_corrupt_share=1.0)
+    with pytest.raises(CorruptDataError) as err:
+        list(build_train_loader(cfg, rank=0, world_size=1, epoch=0))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 's'}: no usable spoof sample: ") and "\n" not in message
+
+
 def test_attack_labels_follow_sorted_manifest_attacks(shard_dirs):
     cfg = _cfg(shard_dirs["split"], label_mode="attack", batch_size=8)
     manifest = json.loads((Path(shard_dirs["split"]) / "manifest.json").read_text())
@@ -293,6 +348,21 @@ def test_eval_full_length_and_corrupt_trial(shard_dirs):
     assert loader.corrupt_count == 1
     lengths = {b["wave"].shape[1] for b in batches}
     assert len(lengths) > 1 and min(lengths) > 0.15 * 16000  # whole clips, batch-max padding
+
+
+@pytest.mark.parametrize("seconds", [0, 0.1])
+def test_eval_short_trial_is_padded_and_scored_empty_one_invalid(tmp_path, seconds):
+    lengths = {"eval_spoof_0002": 100, "eval_bona_0001": 0}
+    write_shards(tmp_path / "e", n_bonafide=3, n_spoof=4, split="eval", lengths=lengths)
+    loader = build_eval_loader(str(tmp_path / "e"), _cfg(max_corrupt_share=0.5), rank=0,
+                               world_size=1, batch_size=8, seconds=seconds)
+    (batch,) = list(loader)
+    row = {u: i for i, u in enumerate(batch["utt_id"])}
+    short, empty = row["eval_spoof_0002"], row["eval_bona_0001"]
+    assert batch["valid"][short] and not batch["valid"][empty]
+    assert batch["attention_mask"][short].sum() == 400 and batch["wave"].shape[1] >= 400
+    assert torch.all(batch["wave"][short, 100:400] == 0)  # silence after the real samples
+    assert loader.short_keys == ["eval_spoof_0002"] and loader.corrupt_keys == ["eval_bona_0001"]
 
 
 def _free_port() -> int:
