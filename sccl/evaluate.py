@@ -297,7 +297,8 @@ def make_plots(cfg: EvalConfig, eval_dir: Path, trials: list[Trials], res: dict,
         now = [t for t in trials if t.name in embs]
         z, bona, attack, where = tsne_sample(now, embs, cfg.eval.tsne_points, cfg.eval.seed)
         if len(z) >= 5:
-            plot_tsne(z, bona, attack, plots / "tsne.png", seed=cfg.eval.seed, sets=where)
+            plot_tsne(z, bona, attack, plots / "tsne.png", seed=cfg.eval.seed, sets=where,
+                      total=sum(len(t.keys) for t in now))
             out["tsne"] = "plots/tsne.png"
     return out
 

@@ -189,9 +189,10 @@ def plot_det(sets: Sequence[Trials], path: Path, eers: dict[str, float]) -> None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     lo, hi = norm.ppf(1e-3), norm.ppf(1 - 1e-3)  # probit of 0 or 1 is infinite
-    for t in sets:
+    for i, t in enumerate(sets):
         frr, far, _ = compute_det_curve(t.scores[t.bonafide], t.scores[~t.bonafide])
         ax.plot(np.clip(norm.ppf(far), lo, hi), np.clip(norm.ppf(frr), lo, hi),
+                ls=("-", "--", "-.")[i % 3],  # curves that coincide stay visible
                 label=f"{display_name(t.name)} (EER {_pct(eers[t.name])} %)")
     ticks = np.array([0.001, 0.005, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98, 0.995, 0.999])
     labels = [f"{100 * v:g}" for v in ticks]
@@ -228,9 +229,9 @@ def plot_histograms(sets: Sequence[Trials], path: Path, thresholds: dict[str, fl
 
 
 def plot_tsne(emb: np.ndarray, bonafide: np.ndarray, attacks: np.ndarray, path: Path,
-              *, seed: int = 0, sets: np.ndarray | None = None) -> None:
+              *, seed: int = 0, sets: np.ndarray | None = None, total: int = 0) -> None:
     """t-SNE of embeddings (N, D), coloured by label (left) and by attack (right); ``sets``
-    (N,) names each point's eval set, for the title. Bona fide is black in both panels;
+    (N,) names each point's eval set and ``total`` the number sampled from, for the title. Bona fide is black in both panels;
     attacks (including "unknown") take the tab20 colours, none of which is black."""
     from sklearn.manifold import TSNE
 
@@ -259,18 +260,18 @@ def plot_tsne(emb: np.ndarray, bonafide: np.ndarray, attacks: np.ndarray, path: 
     for ax in (a1, a2):
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(tsne_title(len(emb), sets), fontsize=10)
+    fig.suptitle(tsne_title(len(emb), sets, total), fontsize=10)
     _save(fig, plt, path)
 
 
-def tsne_title(n: int, sets: np.ndarray | None) -> str:
+def tsne_title(n: int, sets: np.ndarray | None, total: int = 0) -> str:
     """'t-SNE of N eval embeddings (...); points per set: LA19 n1, ITW n2' (study order)."""
+    sample = f" (a random subsample of {total})" if total > n else ""
     if sets is None:
-        return f"t-SNE of {n} embeddings"
+        return f"t-SNE of {n} embeddings{sample}"
     counts = {name: int((np.asarray(sets) == name).sum()) for name in set(np.asarray(sets).tolist())}
     parts = [f"{display_name(s)} {counts[s]}" for s in ordered_sets(list(counts))]
-    return f"t-SNE of {n} eval embeddings (a random subsample); points per set: " + \
-        ", ".join(parts)
+    return f"t-SNE of {n} eval embeddings{sample}; points per set: " + ", ".join(parts)
 
 
 def _save(fig, plt, path: Path) -> None:

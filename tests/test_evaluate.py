@@ -384,10 +384,11 @@ def test_plots_ticks_labels_titles_and_colours(monkeypatch, tmp_path):
     bona = np.arange(n) < 10
     attacks = np.where(bona, "bona fide", np.where(np.arange(n) < 25, "unknown", "A07"))
     where = np.where(np.arange(n) % 2 == 0, "la19", "itw")
-    results.plot_tsne(rng.normal(size=(n, 8)), bona, attacks, tmp_path / "t.png", sets=where)
+    results.plot_tsne(rng.normal(size=(n, 8)), bona, attacks, tmp_path / "t.png", sets=where,
+                      total=100)
     fig = figs[-1]
-    assert fig._suptitle.get_text() == "t-SNE of 40 eval embeddings (a random subsample); " \
-        "points per set: LA19 20, ITW 20"
+    assert fig._suptitle.get_text() == "t-SNE of 40 eval embeddings (a random subsample of " \
+        "100); points per set: LA19 20, ITW 20"
     colours = {c.get_label().split(" (")[0]: to_rgb(c.get_facecolor()[0])
                for c in fig.axes[1].collections}
     assert set(colours) == {"bona fide", "unknown", "A07"}
