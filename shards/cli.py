@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
+import threading
 
 from shards import __version__
 from shards.errors import ShardsError
@@ -172,9 +174,17 @@ def _synth(a) -> int:
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     run = {"build": _build, "verify": _verify, "info": _info, "synth": _synth}[args.command]
+    # SIGTERM (scancel, preemption) unwinds like Ctrl-C: the build's lock on --out is released
+    # at once, where a lock left by a dead process on another node only expires after minutes.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args)
     except ShardsError as err:

@@ -1,6 +1,6 @@
 """Run one task per shard, in a process pool or in-process, with a progress bar.
 
-A failing task stops the run: the pending tasks are cancelled and the first error is
+A failing task stops the run: the workers are ended and the first error is
 re-raised naming its shard (a pool that swallows worker exceptions hides broken data).
 ``ShardsError`` and ``OSError`` stay user-facing ``ShardsError``s; anything else is a bug
 and keeps its traceback chained. Workers die with their parent: a pool worker orphaned by a
@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import active_children
 from typing import Any
 
 from tqdm import tqdm
@@ -59,7 +60,10 @@ def run_tasks(fn: Callable[..., Any], tasks: list[Task], *, workers: int = 1,
 
 
 def _die_with_parent(parent: int) -> None:
-    """Pool initializer: exit when the parent process dies."""
+    """Pool initializer: exit when the parent process dies, and quietly on SIGTERM/SIGINT
+    (a job's stop reaches every process; the parent records what finished and unwinds)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: watch from a thread instead
@@ -91,7 +95,11 @@ def _run_pool(fn, tasks: list[Task], workers: int, bar) -> Iterator[tuple[str, A
                         raise _named_error(name, err) from err
                     bar.update(weight)
                     yield name, fut.result()
-        finally:
-            # Cancel what has not started; running tasks finish (their writes are atomic).
-            for fut in pending:
-                fut.cancel()
+        except BaseException:
+            # A failed shard, Ctrl-C or SIGTERM (shards.cli), or the caller stopping: end the
+            # workers now rather than after their queued shards (their writes are atomic;
+            # a resume clears the temporaries). Futures are not cancelled: the broken pool
+            # fails them itself, and cancelling races with that inside concurrent.futures.
+            for child in active_children():
+                child.terminate()
+            raise

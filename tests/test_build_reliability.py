@@ -89,6 +89,15 @@ def test_second_build_into_the_same_out_is_refused_naming_the_first(la19_corpus,
     assert verify(out, progress=False) == [] and not (out / ".lock").exists()
 
 
+def four_recorded_two_written(out: Path) -> bool:
+    """Shards 0-3 recorded by the parent, 4 and 5 written by the workers (SLOW_AFTER_FOUR)."""
+    try:
+        recorded = json.loads((out / STATE).read_text())["shards"]
+    except FileNotFoundError:
+        return False
+    return len(recorded) >= 4 and all((out / f"train-{i:06d}.tar").exists() for i in (4, 5))
+
+
 SLOW_AFTER_FOUR = """
 import time
 from shards.writer import write_shard as real
@@ -103,22 +112,16 @@ def write_shard(plan, out_dir, opts):
 
 def test_kill9_of_a_two_worker_build_resumes_only_unfinished_shards(la19_corpus, tmp_path,
                                                                     capsys):
-    out, state = tmp_path / "out", tmp_path / "out" / STATE
+    out = tmp_path / "out"
     proc = start_hooked_build(tmp_path, SLOW_AFTER_FOUR, build_args(
         la19_corpus, out, "--shard-size", "1", "--workers", "2"))
 
-    def four_recorded_two_written() -> bool:
-        if not state.exists():
-            return False
-        recorded = json.loads(state.read_text())["shards"]
-        return len(recorded) >= 4 and all((out / f"train-{i:06d}.tar").exists() for i in (4, 5))
-
     try:
-        wait_for(four_recorded_two_written, proc, "4 shards recorded, 2 more written")
+        wait_for(lambda: four_recorded_two_written(out), proc, "4 shards recorded, 2 more written")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a node failure or scancel does
         proc.wait()
-    recorded = sorted(json.loads(state.read_text())["shards"])
+    recorded = sorted(json.loads((out / STATE).read_text())["shards"])
     assert recorded == [f"train-{i:06d}.tar" for i in range(4)]
     kept = {n: (out / n).stat().st_ino for n in recorded}
     capsys.readouterr()
@@ -159,6 +162,27 @@ def test_pool_workers_die_with_a_killed_parent(la19_corpus, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["job", "parent"])
+def test_sigterm_stops_a_two_worker_build_at_once_and_frees_the_lock(la19_corpus, tmp_path,
+                                                                     to_group):
+    out = tmp_path / "out"
+    proc = start_hooked_build(tmp_path, SLOW_AFTER_FOUR, build_args(
+        la19_corpus, out, "--shard-size", "1", "--workers", "2"))
+    try:
+        wait_for(lambda: four_recorded_two_written(out), proc, "4 shards recorded, 2 written")
+        (os.killpg if to_group else os.kill)(proc.pid, signal.SIGTERM)  # scancel / kill PID
+        assert proc.wait(timeout=20) == 130  # not after the 600 s the running shards take
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.stderr.read() == "sccl-shards: interrupted\n"
+    assert not (out / ".lock").exists() and group_members(proc.pid) == []
+    assert len(json.loads((out / STATE).read_text())["shards"]) == 4
+    build(opts(la19_corpus, out, shard_size=1))
+    build(opts(la19_corpus, tmp_path / "clean", shard_size=1))
+    assert dir_bytes(out) == dir_bytes(tmp_path / "clean")
 
 
 def test_overwrite_never_deletes_what_no_build_recorded(la19_corpus, tmp_path):
