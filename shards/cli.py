@@ -181,9 +181,9 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     run = {"build": _build, "verify": _verify, "info": _info, "synth": _synth}[args.command]
-    # SIGTERM (scancel, preemption) unwinds like Ctrl-C: the build's lock on --out is released
+    # SIGTERM (scancel, preemption) unwinds a build like Ctrl-C: its lock on --out is released
     # at once, where a lock left by a dead process on another node only expires after minutes.
-    if threading.current_thread() is threading.main_thread():
+    if args.command == "build" and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args)
