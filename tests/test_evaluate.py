@@ -291,6 +291,7 @@ def test_two_process_evaluation_scores_every_trial_once(trained, tmp_path):
     assert sum(report["padding"]["b"]) > 0  # 7 trials, 3 + 4 per rank: one padded batch
 
 
+@pytest.mark.slow  # four evaluations and a Stage 2 (about 25 s on a loaded 2-core machine)
 def test_second_call_adds_its_sets_and_removes_stale_files(trained, tmp_path, capsys):
     run = shutil.copytree(trained[0], tmp_path / "run")
     sets = trained[1]
@@ -310,26 +311,24 @@ def test_second_call_adds_its_sets_and_removes_stale_files(trained, tmp_path, ca
     md = (ev / "results.md").read_text()
     assert all(f"### {n}" in md for n in "abc")
     # the merged numbers are those of one call scoring all three sets
-    assert eval_main(_eval_args(tmp_path / "run", f"a={sets['evalA']},b={sets['evalB']},"
-                                f"c={sets['evalC']}", "--eval.fresh", "true")) == 0
+    assert eval_main(_eval_args(run, f"a={sets['evalA']},b={sets['evalB']},c={sets['evalC']}",
+                                "--eval.fresh", "true", "--eval.tsne_points", "0")) == 0
     once = json.loads((ev / "results.json").read_text())
     for key in ("pooled_eer", "mean_eer"):
         assert merged[key] == once[key]
     assert {n: s["eer"] for n, s in merged["sets"].items()} == \
         {n: s["eer"] for n, s in once["sets"].items()}
-    # plots switched off: the old ones no longer describe the results
-    assert eval_main(_eval_args(run, f"b={sets['evalB']}", "--eval.plots", "false",
-                                "--eval.tsne_points", "0")) == 0
-    assert sorted(json.loads((ev / "results.json").read_text())["sets"]) == ["a", "b", "c"]
-    assert not (ev / "plots" / "det.png").exists() and not (ev / "plots" / "hist.png").exists()
-    # a new classifier: earlier sets were scored by another model and are dropped
+    # a new classifier: earlier sets were scored by another model and are dropped; plots
+    # switched off: the old ones no longer describe the results
     capsys.readouterr()
     assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS, "--run.export", "false",
                         "--linear.seed", "7"]) == 0
-    assert eval_main(_eval_args(run, f"c={sets['evalC']}", "--eval.plots", "false")) == 0
+    assert eval_main(_eval_args(run, f"c={sets['evalC']}", "--eval.plots", "false",
+                                "--eval.tsne_points", "0")) == 0
     assert list(json.loads((ev / "results.json").read_text())["sets"]) == ["c"]
     assert "dropped earlier set(s) a, b" in capsys.readouterr().err
     assert sorted(p.name for p in (ev / "scores").iterdir()) == ["c.txt"]
+    assert not (ev / "plots" / "det.png").exists() and not (ev / "plots" / "hist.png").exists()
 
 
 def _res_with_breakdowns(bootstrap=20):
