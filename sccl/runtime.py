@@ -541,7 +541,7 @@ def build_accelerator(mixed_precision: str | None, grad_accum_steps: int, loggin
     does not do by itself (both measured): CPU mode, without which ranks run undistributed
     (no DDP: silently unsynchronised weights) unless ACCELERATE_USE_CPU=true happens to be set
     (`use_cpu: true` in a multi-GPU config file does not set it); and a gloo process group,
-    without which DeepSpeed starts its own and Accelerate reports world size 1 (DESIGN.md).
+    without which DeepSpeed starts its own and Accelerate reports world size 1 (docs/design.md).
     DeepSpeed must not get CPU mode (Accelerate then turns DeepSpeed off). A plain single
     process gets neither. The scheduler (if any) is stepped by the trainer only after real
     optimizer steps, once per step whatever the world size."""
