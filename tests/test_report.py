@@ -133,3 +133,10 @@ def test_queue_plot_labels_the_no_queue_point(grid: Path):
     labels = sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts())
     assert labels == ["angular (T=0.07), no queue", "cosine (T=0.3), no queue",
                       "cosine (T=0.3), queue from epoch 6"]
+
+
+def test_help_states_the_out_default(capsys):
+    with pytest.raises(SystemExit):
+        report.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "see above" not in out and "default: the directory given" in out

@@ -278,3 +278,10 @@ def test_score_file_and_score_array_match_the_cli(run, tmp_path):
         det.score_array(np.full(1000, np.nan), 16000)
     with pytest.raises(ScoringError, match="nothing.wav: cannot read"):
         det.score_file(tmp_path / "nothing.wav")
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        score_main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "Exit codes: 0 all scored, 1 some input unreadable" in out
