@@ -66,7 +66,8 @@ def _add_build(sub) -> None:
     p.add_argument("--decode-check", action="store_true",
                    help="fully decode every file while building (catches truncated audio)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace another build found in --out (removes only its files)")
+                   help="replace another build found in --out (removes only the files it "
+                   "recorded; never files it did not write)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

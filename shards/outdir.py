@@ -49,9 +49,9 @@ def read_record(path: Path) -> dict | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ShardsError(f"{path}: unreadable ({err}); sccl-shards writes it atomically, so "
-                          "it was not written by a build: remove it yourself or choose "
-                          "another --out") from None
+        raise ShardsError(f"{path}: unreadable ({err}); left alone (sccl-shards writes it "
+                          "atomically, so no build leaves it half-written): remove it yourself "
+                          "or choose another --out") from None
     if not _is_ours(record):
         raise ShardsError(f"{path}: not written by sccl-shards (no \"builder\": \"sccl-shards "
                           "...\" field); it is left alone: choose another --out")
