@@ -5,36 +5,45 @@
       -> L2-normalise -> z (B, P)
 
 The encoder is a `transformers.Wav2Vec2Model`, chosen by `ModelConfig.encoder`:
-  "tiny"              random-init toy (2 layers, hidden 32): CPU tests and the demo;
-  "xlsr-300m-random"  the facebook/wav2vec2-xls-r-300m architecture with random weights
-                      (315.4 M parameters): speed and memory measurements;
-  anything else       a local directory or hub id for `Wav2Vec2Model.from_pretrained`, e.g.
-                      "facebook/wav2vec2-xls-r-300m" (the study's encoder). The build machines
+  "facebook/wav2vec2-xls-r-300m"  (the default: the study's encoder) or any other hub id or
+                      local directory for `Wav2Vec2Model.from_pretrained`. Compute nodes often
                       cannot reach the hub: download on a machine with internet with
                       `hf download facebook/wav2vec2-xls-r-300m --local-dir DIR` (huggingface_hub
-                      >= 1.0; older: huggingface-cli download),
-                      then set encoder to DIR (and HF_HUB_OFFLINE=1 so nothing waits on the network).
+                      >= 1.0; older: huggingface-cli download), then set encoder to DIR. A hub id
+                      already in the local Hugging Face cache loads without the network; one that
+                      is not fails at once under HF_HUB_OFFLINE=1, and after one short probe of
+                      the hub otherwise (no minute of retries on every rank);
+  "tiny"              random-init toy (2 layers, hidden 32): CPU tests and the demo;
+  "xlsr-300m-random"  the facebook/wav2vec2-xls-r-300m architecture with random weights
+                      (315.4 M parameters): speed and memory measurements.
 `SupConModel.save_pretrained(dir)` writes the weights and both configs, so a run directory
 loads with `SupConModel.from_pretrained(dir)` without the hub.
+
+transformers is imported only when an encoder is built: importing this module (as every entry
+script does before parsing its arguments, and `--help`) stays cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from shards.atomic import atomic_write_bytes, atomic_write_json
 
+if TYPE_CHECKING:
+    from transformers import Wav2Vec2Model
+
+XLSR_300M_HUB_ID = "facebook/wav2vec2-xls-r-300m"
 PRESETS = ("tiny", "xlsr-300m-random")
 AGGREGATIONS = ("mean_all", "last", "weighted")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
@@ -47,10 +56,13 @@ _OPTIONAL_KEYS = frozenset({"encoder.masked_spec_embed"})
 # facebook/wav2vec2-xls-r-300m's config.json (not readable offline: the architecture values are
 # the published ones and give the hub model's 315,438,720 parameters with masked_spec_embed;
 # the dropouts are the hub's to our knowledge and change neither architecture nor count).
+# The conv feature encoder of every published wav2vec 2.0 / XLS-R checkpoint (and
+# Wav2Vec2Config's defaults): receptive field 400 samples, stride 320.
+_CONV_KERNEL, _CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
 _XLSR_300M = dict(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-    hidden_act="gelu", conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-    conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_bias=True, feat_extract_norm="layer",
+    hidden_act="gelu", conv_dim=(512,) * 7, conv_kernel=_CONV_KERNEL,
+    conv_stride=_CONV_STRIDE, conv_bias=True, feat_extract_norm="layer",
     feat_extract_activation="gelu", do_stable_layer_norm=True, num_conv_pos_embeddings=128,
     num_conv_pos_embedding_groups=16, layer_norm_eps=1e-5, hidden_dropout=0.1,
     attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
@@ -75,9 +87,10 @@ class ModelLoadError(OSError):
 class ModelConfig:
     """Stage 1 model: encoder choice, hidden-state aggregation and projection head."""
 
-    encoder: str = "tiny"
-    """"tiny" | "xlsr-300m-random" (random-init presets) | a local directory or hub id passed to
-    `Wav2Vec2Model.from_pretrained` (presets win over a directory with the same name)."""
+    encoder: str = XLSR_300M_HUB_ID
+    """A hub id or local directory passed to `Wav2Vec2Model.from_pretrained` (default: the
+    study's XLS-R 300M), or a random-init preset: "tiny" (tests, demo) | "xlsr-300m-random"
+    (presets win over a directory with the same name)."""
     aggregation: str = "mean_all"
     """"mean_all": mean of all L+1 hidden states (input to layer 1 + every layer; 25 for
     XLS-R), as the study; "last": last layer only; "weighted": learned softmax-weighted sum
@@ -94,10 +107,13 @@ class ModelConfig:
     layerdrop: float = 0.0
     """Encoder LayerDrop; overrides the loaded config (XLS-R's says 0.1). Must be 0 unless
     aggregation is "last": a dropped layer removes a hidden state from the aggregate."""
-    mask_time_prob: float = 0.0
-    """SpecAugment time masking inside the encoder in train mode; overrides the loaded config."""
-    mask_feature_prob: float = 0.0
-    """SpecAugment feature masking inside the encoder in train mode; overrides the loaded config."""
+    mask_time_prob: float | None = None
+    """SpecAugment time masking inside the encoder in train mode; null = the loaded
+    checkpoint's own value (as the study; the hub's XLS-R 300M config turns it on), 0 for the
+    random-init presets; a number overrides. The resolved value is saved with the run."""
+    mask_feature_prob: float | None = None
+    """SpecAugment feature masking inside the encoder in train mode; null = the checkpoint's
+    value (presets: 0); a number overrides."""
     attn_implementation: str = "sdpa"
     """Encoder attention kernel: "sdpa" (torch scaled_dot_product_attention), "eager",
     "flash_attention_2" (needs CUDA and flash-attn) or "flex_attention"."""
@@ -114,13 +130,39 @@ class ModelConfig:
             raise ValueError(f"model.proj_dim must be a positive int, got {self.proj_dim!r}")
         for name in ("head_dropout", "layerdrop", "mask_time_prob", "mask_feature_prob"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {value!r}")
         if self.layerdrop > 0 and self.aggregation != "last":
             raise ValueError(
                 f"model.layerdrop={self.layerdrop} drops whole layers at random, which breaks "
                 f"aggregation={self.aggregation!r}; use layerdrop=0 or aggregation='last'"
             )
+
+    def receptive_field(self) -> int:
+        """Samples the encoder needs for one frame, read without building it: from the preset,
+        the local directory's config.json or a cached hub config, else the conv stack that
+        every published wav2vec 2.0 / XLS-R checkpoint shares (400)."""
+        if self.encoder in _PRESET_KWARGS:
+            kw = _PRESET_KWARGS[self.encoder]
+            return receptive_field(kw["conv_kernel"], kw["conv_stride"])
+        path = Path(self.encoder).expanduser() / "config.json"
+        if not path.is_file():
+            path = _cached_hub_file(self.encoder, "config.json")
+        try:
+            conf = json.loads(path.read_text(encoding="utf-8")) if path else {}
+        except (OSError, ValueError):
+            conf = {}  # building the encoder reports the bad file
+        conf = conf if isinstance(conf, dict) else {}
+        return receptive_field(conf.get("conv_kernel", _CONV_KERNEL),
+                               conf.get("conv_stride", _CONV_STRIDE))
+
+
+def receptive_field(kernels, strides) -> int:
+    """Receptive field in samples of a stack of 1-d convolutions (kernel, stride per layer)."""
+    rf, jump = 1, 1
+    for k, s in zip(kernels, strides, strict=True):
+        rf, jump = rf + (k - 1) * jump, jump * s
+    return rf
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -129,26 +171,31 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _overrides(cfg: ModelConfig) -> dict[str, Any]:
-    """Encoder config values that ModelConfig decides, whatever the checkpoint says."""
-    return dict(
-        layerdrop=cfg.layerdrop,
-        mask_time_prob=cfg.mask_time_prob,
-        mask_feature_prob=cfg.mask_feature_prob,
-        attn_implementation=cfg.attn_implementation,
-    )
+    """Encoder config values that ModelConfig decides, whatever the checkpoint says (mask
+    probabilities only when set: null keeps the checkpoint's)."""
+    out = dict(layerdrop=cfg.layerdrop, attn_implementation=cfg.attn_implementation)
+    for name in ("mask_time_prob", "mask_feature_prob"):
+        if getattr(cfg, name) is not None:
+            out[name] = getattr(cfg, name)
+    return out
 
 
 def build_encoder(cfg: ModelConfig, encoder_config: dict | None = None) -> Wav2Vec2Model:
     """The encoder for `cfg`: from `encoder_config` (a saved Wav2Vec2Config dict; random init,
     the caller loads the weights), a preset, or `from_pretrained` on a directory/hub id."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
     if encoder_config is not None:
         return Wav2Vec2Model(Wav2Vec2Config.from_dict(encoder_config, **_overrides(cfg)))
-    if cfg.encoder in _PRESET_KWARGS:
-        return Wav2Vec2Model(Wav2Vec2Config(**_PRESET_KWARGS[cfg.encoder], **_overrides(cfg)))
+    if cfg.encoder in _PRESET_KWARGS:  # random init: SpecAugment off unless asked for
+        kwargs = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, **_overrides(cfg)}
+        return Wav2Vec2Model(Wav2Vec2Config(**_PRESET_KWARGS[cfg.encoder], **kwargs))
     return _load_pretrained_encoder(cfg.encoder, _overrides(cfg))
 
 
 def _load_pretrained_encoder(name: str, overrides: dict[str, Any]) -> Wav2Vec2Model:
+    from transformers import Wav2Vec2Model
+
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file() and (path / CONFIG_NAME).is_file():
@@ -160,21 +207,66 @@ def _load_pretrained_encoder(name: str, overrides: dict[str, Any]) -> Wav2Vec2Mo
             return Wav2Vec2Model.from_pretrained(str(path), **overrides)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load encoder '{name}' (local directory): {err}") from err
-    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
-        raise ModelLoadError(
-            f"could not load encoder '{name}': not a directory (a local encoder is a directory "
-            f"with config.json and weights, e.g. from `hf download facebook/wav2vec2-xls-r-300m "
-            f"--local-dir DIR` on a machine with internet)"
-        )
-    download = f"`hf download {name} --local-dir DIR`, copy DIR here and set the encoder to DIR"
-    try:  # a hub id
+    missing = f"could not load encoder '{name}': no such directory: {path}"
+    if path.exists():
+        raise ModelLoadError(f"could not load encoder '{name}': not a directory: {path} (a "
+                             "local encoder is a directory with config.json and weights)")
+    if not _looks_like_hub_id(name):
+        raise ModelLoadError(missing)
+    try:  # a hub id already in the local cache: no network at all
+        return Wav2Vec2Model.from_pretrained(name, local_files_only=True, **overrides)
+    except (OSError, ValueError):
+        pass
+    download = (f"download it on a machine with internet (`hf download {name} --local-dir DIR`) "
+                "and set the encoder to DIR")
+    if _hub_offline():
+        raise ModelLoadError(f"{missing}; as a hub id it is not in the local Hugging Face cache "
+                             f"and HF_HUB_OFFLINE is set: {download}")
+    _probe_hub(name, f"{missing}; as a hub id", download)
+    try:
         return Wav2Vec2Model.from_pretrained(name, **overrides)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"could not load encoder '{name}': not a local directory and the hub is unreachable "
-            f"(or has no such model); download it on a machine with internet: {download}. "
-            f"Cause: {type(err).__name__}: {err}"
-        ) from err
+        raise ModelLoadError(f"{missing}; as a hub id it could not be loaded: {err}") from err
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """"org/name" or "name": no leading ./~//, no backslash, at most one slash."""
+    return (not name.startswith((".", "~", "/")) and "\\" not in name and name.count("/") <= 1
+            and not name.endswith("/"))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return flag or bool(constants.HF_HUB_OFFLINE)
+
+
+def _probe_hub(name: str, prefix: str, download: str) -> None:
+    """One request without retries (from_pretrained retries a dead network for ~40 s)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=10)
+    except RepositoryNotFoundError as err:
+        raise ModelLoadError(f"{prefix} the hub has no such model (or it needs a login): "
+                             f"{type(err).__name__}") from err
+    except Exception as err:  # network errors of the HTTP client, timeouts, HTTP errors
+        raise ModelLoadError(f"{prefix} the hub is unreachable ({type(err).__name__}: {err}); "
+                             f"{download}") from err
+
+
+def _cached_hub_file(name: str, filename: str) -> Path | None:
+    if not _looks_like_hub_id(name):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, filename)
+    except ValueError:  # not a valid repo id after all
+        return None
+    return Path(found) if isinstance(found, str) else None
 
 
 class SupConModel(nn.Module):
@@ -182,8 +274,11 @@ class SupConModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, *, encoder_config: dict | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
         self.encoder = build_encoder(cfg, encoder_config)
+        # The config as run: null mask probabilities replaced by the encoder's own values, so
+        # that config.yaml and save_pretrained record what was used.
+        self.cfg = dataclasses.replace(cfg, mask_time_prob=self.encoder.config.mask_time_prob,
+                                       mask_feature_prob=self.encoder.config.mask_feature_prob)
         hidden = self.encoder.config.hidden_size
         self.num_hidden_states = self.encoder.config.num_hidden_layers + 1
         if cfg.aggregation == "weighted":  # zeros -> softmax uniform -> starts as mean_all
@@ -196,7 +291,7 @@ class SupConModel(nn.Module):
         if cfg.freeze_feature_encoder:
             self.encoder.freeze_feature_encoder()
         spec = getattr(self.encoder, "masked_spec_embed", None)
-        if spec is not None and cfg.mask_time_prob == 0:
+        if spec is not None and self.cfg.mask_time_prob == 0:
             # transformers creates it when either mask probability is > 0 but only time
             # masking uses it: an unused trainable parameter breaks DDP's gradient reduction.
             spec.requires_grad_(False)
@@ -270,10 +365,7 @@ class SupConModel(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Samples needed for one frame (400 for XLS-R and the tiny preset)."""
-        c, rf, jump = self.encoder.config, 1, 1
-        for k, s in zip(c.conv_kernel, c.conv_stride, strict=True):
-            rf, jump = rf + (k - 1) * jump, jump * s
-        return rf
+        return receptive_field(self.encoder.config.conv_kernel, self.encoder.config.conv_stride)
 
     def param_groups(
         self, encoder_lr: float, head_lr: float, weight_decay: float, *, exclude_norm_bias: bool = True

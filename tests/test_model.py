@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import huggingface_hub.constants
@@ -24,7 +26,7 @@ from sccl.model import (
 
 def make(**kw) -> SupConModel:
     torch.manual_seed(0)
-    return SupConModel(ModelConfig(**kw))
+    return SupConModel(ModelConfig(**{"encoder": "tiny", **kw}))
 
 
 def padded_batch(lengths: list[int], total: int, seed: int = 1):
@@ -101,7 +103,7 @@ def test_weighted_starts_as_mean_and_learns():
 
 def test_layerdrop_and_masking_overridden(hf_tiny_dir):
     path, _ = hf_tiny_dir
-    model = SupConModel(ModelConfig(encoder=str(path)))
+    model = SupConModel(ModelConfig(encoder=str(path), mask_time_prob=0.0, mask_feature_prob=0.0))
     assert model.encoder.config.layerdrop == 0.0 and model.encoder.config.mask_time_prob == 0.0
     assert not hasattr(model.encoder, "masked_spec_embed")
     model.train()
@@ -192,7 +194,7 @@ def test_local_hf_directory_loads_its_weights(hf_tiny_dir):
     model = SupConModel(ModelConfig(encoder=str(path), attn_implementation="eager"))
     assert model.encoder.config._attn_implementation == "eager"
     mine, theirs = model.encoder.state_dict(), encoder.state_dict()
-    assert set(theirs) - set(mine) == {"masked_spec_embed"}  # masking off -> not built
+    assert set(theirs) == set(mine)  # masking inherited: masked_spec_embed loaded as well
     for name, tensor in mine.items():
         assert torch.equal(tensor, theirs[name]), name
 
@@ -200,11 +202,21 @@ def test_local_hf_directory_loads_its_weights(hf_tiny_dir):
 def test_missing_encoder_gives_clear_error_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    for local in (str(tmp_path / "missing"), "./models/xlsr-300m", "~/no/such/dir", "a/b/c"):
+        with pytest.raises(ModelLoadError, match="no such directory: ") as err:
+            SupConModel(ModelConfig(encoder=local))
+        assert "hf download" not in str(err.value)  # a path, not a hub id: no download advice
+    (tmp_path / "file").write_text("x")
     with pytest.raises(ModelLoadError, match="not a directory"):
-        SupConModel(ModelConfig(encoder=str(tmp_path / "missing")))
+        SupConModel(ModelConfig(encoder="file"))
     start = time.monotonic()
-    with pytest.raises(ModelLoadError, match="not a local directory and the hub is unreachable"):
-        SupConModel(ModelConfig(encoder="facebook/wav2vec2-xls-r-300m"))
+    for hub_shaped in ("models/xlsr-300m", "facebook/wav2vec2-xls-r-300m"):
+        with pytest.raises(ModelLoadError, match=f"no such directory: {hub_shaped}; as a hub id "
+                           "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+            SupConModel(ModelConfig(encoder=hub_shaped))
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        SupConModel(ModelConfig())  # the default encoder is the study's hub model
     assert time.monotonic() - start < 10
     make().save_pretrained(tmp_path / "run")
     with pytest.raises(ModelLoadError, match="SupConModel.from_pretrained"):
@@ -336,3 +348,60 @@ def test_unused_spec_embed_is_frozen_for_ddp():
     assert id(model.encoder.masked_spec_embed) not in grouped
     timed = SupConModel(ModelConfig(encoder="tiny", mask_time_prob=0.1))
     assert timed.encoder.masked_spec_embed.requires_grad
+
+
+def test_default_encoder_is_the_studys_hub_model():
+    assert ModelConfig().encoder == "facebook/wav2vec2-xls-r-300m"
+
+
+def test_unreachable_hub_fails_after_one_probe(tmp_path, monkeypatch):
+    # Connection refused at once; from_pretrained alone retries for ~40 s on a dead network.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="no such directory: sccl-tests/none; as a hub id "
+                       "the hub is unreachable"):
+        SupConModel(ModelConfig(encoder="sccl-tests/none"))
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("prob", [0.05, 0.0])
+def test_specaugment_inherited_from_the_checkpoint_unless_set(tmp_path, prob):
+    Wav2Vec2Model(Wav2Vec2Config(**_TINY, mask_time_prob=prob)).save_pretrained(tmp_path / "hf")
+    inherited = SupConModel(ModelConfig(encoder=str(tmp_path / "hf")))
+    assert inherited.encoder.config.mask_time_prob == prob
+    assert inherited.cfg.mask_time_prob == prob and inherited.cfg.mask_feature_prob == 0.0
+    set_ = SupConModel(ModelConfig(encoder=str(tmp_path / "hf"), mask_time_prob=0.2,
+                                   mask_feature_prob=0.1))
+    assert set_.encoder.config.mask_time_prob == 0.2 and set_.cfg.mask_time_prob == 0.2
+    assert set_.encoder.config.mask_feature_prob == 0.1
+    inherited.save_pretrained(tmp_path / "run")  # the resolved values travel with the weights
+    assert SupConModel.from_pretrained(tmp_path / "run").cfg.mask_time_prob == prob
+    meta = json.loads((tmp_path / "run" / CONFIG_NAME).read_text())
+    assert meta["model_config"]["mask_time_prob"] == prob
+
+
+def test_random_init_presets_leave_specaugment_off():
+    for preset in ("tiny",):
+        model = SupConModel(ModelConfig(encoder=preset))
+        assert model.cfg.mask_time_prob == 0.0 and model.cfg.mask_feature_prob == 0.0
+        assert model.encoder.config.mask_time_prob == 0.0
+
+
+def test_receptive_field_without_building_the_encoder(tmp_path):
+    assert ModelConfig(encoder="tiny").receptive_field() == 400
+    assert ModelConfig(encoder="xlsr-300m-random").receptive_field() == 400
+    assert ModelConfig().receptive_field() == 400  # hub id not cached: wav2vec 2.0's stack
+    conf = {"conv_kernel": [10, 3], "conv_stride": [5, 2]}
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert ModelConfig(encoder=str(tmp_path)).receptive_field() == 20  # 10 + 2 * 5
+    assert make().receptive_field == 400
+
+
+def test_importing_the_library_does_not_import_transformers():
+    # `--help` of every entry script paid ~10 s for transformers before parsing its arguments.
+    code = ("import sys, sccl.model, sccl.data, sccl.config, sccl.audio, sccl.rawboost; "
+            "sys.exit('transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
