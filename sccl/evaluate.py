@@ -230,17 +230,22 @@ def run_eval(cfg: EvalConfig) -> int:
     data_cfg = stage1_data_config(run, workers=cfg.eval.num_workers)
     paths = rt.StagePaths(run, "eval")
     accelerator = make_accelerator()
-    rt.record_run(accelerator, cfg, paths, None, stage="evaluation")
-    model = SupConModel.from_pretrained(run / "stage1" / meta.get("stage1_which", "best"))
-    model = model.to(accelerator.device).eval().requires_grad_(False)
-    scored = {}
-    for name, shard_dir in sets:
-        scored[name] = score_set(name, shard_dir, model, data_cfg, cfg, weight, bias,
-                                 accelerator, paths.dir)
-    if accelerator.is_main_process:
-        model_id = {"stage1_weights_sha256": meta["stage1_weights_sha256"],
-                    "classifier_sha256": file_sha256(run / "stage2" / CLASSIFIER)}
-        report(cfg, run, paths.dir, dict(sets), scored, meta, thr, data_cfg, model_id)
+    # One evaluation at a time per run: a second one would merge into results.json unseen.
+    claim = rt.StageClaim(accelerator, paths, "evaluation", None)  # exits 2 if in use
+    try:
+        rt.record_run(accelerator, cfg, paths, None, stage="evaluation")
+        model = SupConModel.from_pretrained(run / "stage1" / meta.get("stage1_which", "best"))
+        model = model.to(accelerator.device).eval().requires_grad_(False)
+        scored = {}
+        for name, shard_dir in sets:
+            scored[name] = score_set(name, shard_dir, model, data_cfg, cfg, weight, bias,
+                                     accelerator, paths.dir)
+        if accelerator.is_main_process:
+            model_id = {"stage1_weights_sha256": meta["stage1_weights_sha256"],
+                        "classifier_sha256": file_sha256(run / "stage2" / CLASSIFIER)}
+            report(cfg, run, paths.dir, dict(sets), scored, meta, thr, data_cfg, model_id)
+    finally:
+        claim.release()
     accelerator.end_training()
     return 0
 

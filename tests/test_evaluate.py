@@ -393,3 +393,13 @@ def test_plots_ticks_labels_titles_and_colours(monkeypatch, tmp_path):
     assert set(colours) == {"bona fide", "unknown", "A07"}
     distance = np.abs(np.subtract(colours["bona fide"], colours["unknown"])).sum()
     assert distance > 0.6, colours
+
+
+def test_second_evaluation_of_a_run_at_once_exits_2(trained, capsys):
+    from sccl.lock import DirLock
+
+    run, sets = trained
+    with DirLock(run / "eval", what="evaluation"):  # a live holder: this process
+        assert eval_main(_eval_args(run, f"a={sets['evalA']}", "--eval.plots", "false")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is in use" in err and "held by pid" in err
