@@ -14,7 +14,7 @@ ICASSP 2022). Three noise types, each drawn independently per utterance:
 - ISD, impulsive signal-dependent noise: a random share (uniform in [0, P] %) of the samples
   gets x[n] * g_sd * v with v the product of two uniform draws in [-1, 1].
 
-Schedule (shared/REFERENCE.md): with probability `p` an utterance is augmented at all; an
+Schedule (the study's, docs/study.md): with probability `p` an utterance is augmented at all; an
 augmented utterance always gets LnL, then SSI with probability `ssi_p`, then ISD with
 probability `isd_p`.
 
@@ -32,7 +32,7 @@ import torch
 
 @dataclass
 class RawBoostConfig:
-    """RawBoost parameters; defaults are the study's (shared/REFERENCE.md)."""
+    """RawBoost parameters; defaults are the study's (docs/study.md)."""
 
     p: float = 0.7  # probability that an utterance is augmented at all
     sample_rate: int = 16000
