@@ -187,9 +187,9 @@ def _row(plan: TrainPlan, stream: _Stream, u: float, out: torch.Tensor, corrupt:
         short.append((item.key, item.shard, err.samples, "skipped"))
     except audio.AudioDecodeError as err:
         corrupt.append((item.key, item.shard, str(err)))
-    spares = [stream.peek(k) for k in range(_LOOKAHEAD)] + [stream.last_good]
+    spares = [s for s in [stream.peek(k) for k in range(_LOOKAHEAD)] + [stream.last_good] if s]
     for spare in spares:
-        if spare is None or spare.error is not None:
+        if spare.error is not None:
             continue
         try:
             n = _decode(plan, spare, u, out)
@@ -198,7 +198,7 @@ def _row(plan: TrainPlan, stream: _Stream, u: float, out: torch.Tensor, corrupt:
         return n, _label_of(plan, spare, stream.label), spare.key
     raise CorruptDataError(
         f"{plan.shard_set.root}: no usable {stream.label} sample: {item.key} ({item.shard}) and "
-        f"the next {_LOOKAHEAD} {stream.label} samples are undecodable or shorter than "
+        f"the {len(spares)} tried in its place are undecodable or shorter than "
         f"{plan.min_samples} samples; check the shards with `sccl-shards verify`")
 
 

@@ -207,7 +207,7 @@ def _load_pretrained_encoder(name: str, overrides: dict[str, Any]) -> Wav2Vec2Mo
             return Wav2Vec2Model.from_pretrained(str(path), **overrides)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load encoder '{name}' (local directory): {err}") from err
-    missing = f"could not load encoder '{name}': no such directory: {path}"
+    missing = f"could not load encoder: no such directory: {name}"
     if path.exists():
         raise ModelLoadError(f"could not load encoder '{name}': not a directory: {path} (a "
                              "local encoder is a directory with config.json and weights)")
