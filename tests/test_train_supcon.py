@@ -253,7 +253,7 @@ def test_queue_gets_a_window_only_after_its_optimizer_step(fresh_accelerate_stat
     model, optimizer = acc.prepare(model, optimizer)
     cfg = TrainConfig()
     queue = EmbeddingQueue(32, 8)
-    r = Run(cfg, acc, model, optimizer, None, queue, rt.TrainerState(), None, None)
+    r = Run(cfg, acc, model, optimizer, None, queue, rt.TrainerState(), None, None, None)
     batch = {"wave": torch.randn(4, 8000), "attention_mask": torch.ones(4, 8000, dtype=torch.bool),
              "label": torch.tensor([1, 1, 0, 0])}
     assert train_micro_batch(r, batch, True) is None and len(queue) == 0  # inside the window
