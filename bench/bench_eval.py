@@ -6,7 +6,8 @@
 1. ``sccl.metrics.compute_eer`` on ``--scores`` scores (10 % bona fide, as LA19 eval), the
    best of ``--repeats`` runs; plus the per-set bootstrap CI (``bootstrap_eer_ci``) and
    ``sccl.aggregate.bootstrap_cis`` (per-set CIs + the joint pooled/mean bootstrap) on a
-   4-set split of the same scores.
+   4-set split of the same scores; and ``sccl.dcf``'s min t-DCF (revised and legacy; ASV
+   scores 10 % of --scores), min DCF, act DCF and Cllr on the same scores.
 2. Scoring throughput of the full detector (``SpoofDetector``: tiny encoder + head +
    classifier, random weights) on CPU: utterances/s and real-time factor for the first-N-s
    crop and for windows (N s, hop N/2) over 2N-s clips.
@@ -49,7 +50,20 @@ def bench_eer(n: int, repeats: int, n_boot: int) -> dict:
     sets = [Trials(f"s{i}", [""] * len(p), scores[p], labels[p], np.full(len(p), "-", object))
             for i, p in enumerate(parts)]
     out["bootstrap_joint_s"] = best_of(lambda: bootstrap_cis(sets, n_boot=n_boot), 1)
+    out.update(bench_dcf(bona, spoof, rng, repeats))
     return out
+
+
+def bench_dcf(bona, spoof, rng, repeats: int) -> dict:
+    from sccl.dcf import act_dcf, cllr, min_dcf, min_tdcf
+
+    n_asv = (bona.size + spoof.size) // 30  # ASV target / nontarget / spoof, 10 % in all
+    tar, non, asv_spoof = rng.normal(4, 2, n_asv), rng.normal(-4, 2, n_asv), rng.normal(2, 2, n_asv)
+    fns = {"min_tdcf": lambda: min_tdcf(bona, spoof, tar, non, asv_spoof),
+           "min_tdcf_legacy": lambda: min_tdcf(bona, spoof, tar, non, asv_spoof, legacy=True),
+           "min_dcf": lambda: min_dcf(bona, spoof), "act_dcf": lambda: act_dcf(bona, spoof),
+           "cllr": lambda: cllr(bona, spoof)}
+    return {f"{name}_s": best_of(fn, repeats) for name, fn in fns.items()}
 
 
 def bench_scoring(clips: int, seconds: float, batch: int) -> dict:
@@ -97,6 +111,8 @@ def main() -> None:
           f"torch threads {a.threads}\n")
     print("| measurement | value |\n|---|---|")
     print(f"| compute_eer, {a.scores:,} scores | {eer['eer_s']:.3f} s |")
+    for name in ("min_tdcf", "min_tdcf_legacy", "min_dcf", "act_dcf", "cllr"):
+        print(f"| sccl.dcf.{name}, {a.scores:,} scores | {eer[name + '_s']:.3f} s |")
     print(f"| bootstrap_eer_ci, {a.bootstrap} replicates | {eer['bootstrap_per_set_s']:.2f} s |")
     print(f"| aggregate.bootstrap_cis (4 sets: per-set CIs + joint pooled/mean), "
           f"{a.bootstrap} replicates | "
