@@ -39,13 +39,15 @@ def _add_build(sub) -> None:
                        description="Write WebDataset tar shards and manifest.json. A rerun "
                        "with the same arguments resumes, skipping finished shards.")
     p.add_argument("--format", required=True, dest="fmt",
-                   choices=("asvspoof2019", "asvspoof2021", "itw", "csv"))
-    p.add_argument("--protocol", required=True, help="protocol / trial_metadata / meta.csv / CSV")
+                   choices=("asvspoof2019", "asvspoof2021", "asvspoof5", "itw", "csv"))
+    p.add_argument("--protocol", required=True, help="protocol / trial_metadata / ASVspoof5.*.tsv / meta.csv / CSV")
     p.add_argument("--audio-dir", required=True,
-                   help="audio root (ASVspoof: the set dir holding flac/, or flac/ itself)")
+                   help="audio root (ASVspoof 2019/2021: the set dir holding flac/, or flac/ "
+                   "itself; ASVspoof 5: flac_T, flac_D or flac_E_eval)")
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument("--split", help="shard name prefix (default: train/dev/eval from an LA19 "
-                   "protocol name, 'eval' for 2021 and ITW, the file stem for CSV)")
+                   "or ASVspoof 5 protocol name, 'eval' for 2021 and ITW, the file stem for "
+                   "CSV)")
     p.add_argument("--subset", choices=("eval", "progress", "hidden_track", "all"),
                    help="ASVspoof 2021 trials to keep (default: eval)")
     p.add_argument("--dataset", choices=("la", "df"),

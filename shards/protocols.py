@@ -1,4 +1,4 @@
-"""Parsers for the protocol files of ASVspoof 2019 LA, ASVspoof 2021 LA/DF, In-the-Wild and CSV.
+"""Parsers for the protocol files of ASVspoof 2019 LA, 2021 LA/DF, ASVspoof 5, In-the-Wild, CSV.
 
 Each parser reads the file exactly as released (the formats below; docs/study.md names the
 datasets) and returns one ``Record`` per utterance. A leading UTF-8 byte-order mark, which
@@ -10,6 +10,10 @@ Formats:
   asvspoof2019  ``SPEAKER UTT - ATTACK KEY``                 (5 columns; ATTACK "-" for bona fide)
   asvspoof2021  LA: ``speaker trial codec transmission attack key trim subset``   (8 columns)
                 DF: ``speaker trial codec source attack key trim subset vocoder - - - -`` (13)
+  asvspoof5     ``SPEAKER FILE GENDER CODEC CODEC_Q CODEC_SEED ATTACK_TAG ATTACK KEY TMP``
+                (10 columns, space-separated despite the ``.tsv`` names; "-" for none;
+                ATTACK ``A01``.. or ``bonafide``); also the Phase 1 pre-release
+                ``ASVspoof5.{train,dev}.metadata.txt``: ``SPEAKER FILE GENDER CODEC ATTACK KEY``
   itw           meta.csv, header ``file,speaker,label``, labels ``bona-fide`` / ``spoof``
   csv           ``path,label[,attack,speaker]`` (comma or tab; optional header naming the
                 columns, which may then come in any order and add ``utt_id``)
@@ -24,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from shards.errors import ShardsError
 
-FORMATS = ("asvspoof2019", "asvspoof2021", "itw", "csv")
+FORMATS = ("asvspoof2019", "asvspoof2021", "asvspoof5", "itw", "csv")
 SUBSETS_2021 = ("eval", "progress", "hidden_track", "all")
 # Protocol attack values that mean "no attack" on a bona fide line: LA19 writes "-", the 2021
 # keys write "bonafide". Both are stored as "-" so every dataset spells bona fide the same.
@@ -172,6 +176,37 @@ def parse_asvspoof2021(path: str | Path, dataset: str | None = None) -> tuple[li
     return records, dataset or "la"
 
 
+# Column names of the released ASVspoof 5 protocols (the database README) and of the Phase 1
+# pre-release metadata files, which the organisers' baselines read as 6 columns, key last.
+_ASVSPOOF5_COLUMNS = {
+    10: ("speaker", "utt", "gender", "codec", "codec_q", "codec_seed", "attack_tag", "attack",
+         "key", "tmp"),
+    6: ("speaker", "utt", "gender", "codec", "attack", "key"),
+}
+_ASVSPOOF5_EXTRAS = ("gender", "codec", "codec_q", "codec_seed", "attack_tag")
+
+
+def parse_asvspoof5(path: str | Path, subset: str) -> list[Record]:
+    """ASVspoof 5 ``ASVspoof5.{train,dev.track_1,eval.track_1}.tsv`` (10 columns) or a Phase 1
+    ``ASVspoof5.*.metadata.txt`` (6). Gender, codec (``-`` = uncoded), codec quality and seed
+    and the attack tag go into the sample's metadata; every line must have the first line's
+    column count."""
+    path, records, seen, width = Path(path), [], {}, None
+    for lineno, line in _read_lines(path):
+        cols = line.split()
+        width = width or (len(cols) if len(cols) in _ASVSPOOF5_COLUMNS else None)
+        if len(cols) != width:
+            want = f"{width} columns like line 1" if width else "10 columns (or 6, pre-release)"
+            raise bad_line(path, lineno, line, f"expected {want}, found {len(cols)}")
+        f = dict(zip(_ASVSPOOF5_COLUMNS[width], cols, strict=True))
+        label = _official_label(path, lineno, line, f["key"])
+        extras = {k: f[k] for k in _ASVSPOOF5_EXTRAS if k in f}
+        records.append(_make_record(
+            path, lineno, line, seen, utt_id=f["utt"], label=label, attack=f["attack"],
+            speaker=f["speaker"], subset=subset, path=f"{f['utt']}.flac", extras=extras))
+    return records
+
+
 def parse_itw(path: str | Path, subset: str) -> list[Record]:
     """In-the-Wild ``meta.csv``: header ``file,speaker,label``, labels ``bona-fide``/``spoof``.
 
@@ -246,11 +281,12 @@ def parse_csv(path: str | Path, subset: str) -> list[Record]:
 def default_split(fmt: str, protocol: str | Path) -> str:
     """The split name when ``--split`` is not given.
 
-    LA19: from the protocol name (``...cm.train.trn`` -> train); 2021 and ITW: "eval";
+    LA19 and ASVspoof 5: from the protocol name (``...cm.train.trn``, ``ASVspoof5.dev.track_1``
+    -> train, dev); 2021 and ITW: "eval";
     CSV: the file stem when it is a valid split name.
     """
     name = Path(protocol).name
-    if fmt == "asvspoof2019":
+    if fmt in ("asvspoof2019", "asvspoof5"):
         for split in ("train", "dev", "eval"):
             if f".{split}." in name:
                 return split
@@ -286,9 +322,11 @@ def load_protocol(fmt: str, path: str | Path, *, split: str, subset: str = "eval
         records = [r for r in records if subset in ("all", r.subset)]
         name = f"asvspoof2021_{dataset}"
     else:
-        parse = {"asvspoof2019": parse_asvspoof2019, "itw": parse_itw, "csv": parse_csv}[fmt]
+        parse = {"asvspoof2019": parse_asvspoof2019, "asvspoof5": parse_asvspoof5,
+                 "itw": parse_itw, "csv": parse_csv}[fmt]
         records = parse(path, split)
-        name = {"asvspoof2019": "asvspoof2019_la", "itw": "itw", "csv": "csv"}[fmt]
+        name = {"asvspoof2019": "asvspoof2019_la", "asvspoof5": "asvspoof5", "itw": "itw",
+                "csv": "csv"}[fmt]
     if not records:
         raise ShardsError(f"{path}: no utterances to shard"
                           + (f" in subset {subset!r}" if fmt == "asvspoof2021" else ""))

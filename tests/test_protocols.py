@@ -16,6 +16,12 @@ DF21 = ("LA_0023 DF_E_2000011 nocodec asvspoof A14 spoof notrim progress traditi
         " - - - -\n"
         "LA_0024 DF_E_2000012 mp3m4a vcc2018 bonafide bonafide notrim eval bonafide - - - -\n")
 ITW = "file,speaker,label\n0.wav,Alec Guinness,spoof\n1.wav,Alec Guinness,bona-fide\n"
+# ASVspoof 5 as released (the two dev lines of issue 11 plus a coded eval-style line)
+AS5 = ("D_4461 D_0000000169 F - - - AC1 A14 spoof -\n"
+       "D_0461 D_0000000190 M - - - - bonafide bonafide -\n"
+       "D_0462 D_0000000191 F C05 3 D_0000000190 AC2 A11 spoof -\n")
+# the Phase 1 pre-release ASVspoof5.train.metadata.txt (6 columns)
+AS5_PRE = "T_4850 T_0000000000 F - A05 spoof\nT_4850 T_0000000001 F - bonafide bonafide\n"
 
 
 def write(tmp_path, text, name="proto.txt", mode="w"):
@@ -43,6 +49,28 @@ def test_asvspoof2019_exact_lines(tmp_path):
     assert (spoof.utt_id, spoof.label, spoof.attack, spoof.subset) == \
         ("LA_T_1271820", "spoof", "A01", "train")
     assert spoof.path == "LA_T_1271820.flac" and spoof.lineno == 2
+
+
+def test_asvspoof5_released_lines(tmp_path):
+    p = load_protocol("asvspoof5", write(tmp_path, AS5, "ASVspoof5.dev.track_1.tsv"),
+                      split="dev")
+    assert p.dataset == "asvspoof5"
+    spoof, bona, coded = p.records
+    assert (spoof.speaker, spoof.utt_id, spoof.label, spoof.attack, spoof.subset, spoof.path) \
+        == ("D_4461", "D_0000000169", "spoof", "A14", "dev", "D_0000000169.flac")
+    assert spoof.extras == {"gender": "F", "codec": "-", "codec_q": "-", "codec_seed": "-",
+                            "attack_tag": "AC1"}
+    assert (bona.label, bona.attack, bona.extras["gender"], bona.extras["attack_tag"]) == \
+        ("bonafide", "-", "M", "-")
+    assert coded.extras == {"gender": "F", "codec": "C05", "codec_q": "3",
+                            "codec_seed": "D_0000000190", "attack_tag": "AC2"}
+
+
+def test_asvspoof5_pre_release_six_columns(tmp_path):
+    spoof, bona = load_protocol("asvspoof5", write(tmp_path, AS5_PRE), split="train").records
+    assert (spoof.utt_id, spoof.attack, spoof.label, spoof.extras) == \
+        ("T_0000000000", "A05", "spoof", {"gender": "F", "codec": "-"})
+    assert (bona.label, bona.attack) == ("bonafide", "-")
 
 
 def test_asvspoof2021_la_subsets_and_bonafide_attack_column(tmp_path):
@@ -107,7 +135,7 @@ def test_csv_crlf_and_bom_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("fmt,text", [("asvspoof2019", LA19), ("asvspoof2021", LA21),
-                                      ("asvspoof2021", DF21), ("itw", ITW)])
+                                      ("asvspoof2021", DF21), ("asvspoof5", AS5), ("itw", ITW)])
 def test_a_leading_bom_is_dropped_in_every_format(tmp_path, fmt, text):
     """Saved by a spreadsheet or a Windows editor, the first speaker read '\ufeffLA_0079'."""
     plain = load_protocol(fmt, write(tmp_path, text, "plain.txt"), split="t", subset="all")
@@ -132,6 +160,15 @@ def test_csv_unknown_column(tmp_path):
     ("asvspoof2021", "LA_0009 LA_E_1 alaw ita_tx A07 spoof notrim\n", 1, "8 or 13 columns"),
     ("asvspoof2021", "LA_0009 LA_E_1 alaw ita_tx A07 spoof notrim final\n", 1,
      "unknown subset 'final'"),
+    ("asvspoof5", AS5 + "D_0463 D_0000000192 F - - - AC1 A14 spoof\n", 4,
+     "expected 10 columns like line 1, found 9"),
+    ("asvspoof5", AS5_PRE + AS5, 3, "expected 6 columns like line 1, found 10"),
+    ("asvspoof5", "D_1 D_0000000001 F - - - - A14 spoof - extra\n", 1,
+     "expected 10 columns (or 6, pre-release), found 11"),
+    ("asvspoof5", "D_1 D_0000000001 F - - - - bonafide spoof -\n", 1, "spoof line has no attack"),
+    ("asvspoof5", "D_1 D_0000000001 F - - - AC1 A14 bonafide -\n", 1,
+     "bona fide line names attack 'A14'"),
+    ("asvspoof5", "D_1 D_0000000001 F - - - AC1 A14 fake -\n", 1, "unknown label 'fake'"),
     ("csv", "x.wav,spoof\ny.wav,fake\n", 2, "unknown label 'fake'"),
     ("csv", "x.wav\n", 1, "expected 2 or 3 or 4 fields"),
     ("csv", "clip.v2.wav,spoof\n", 1, "contains a dot: webdataset would mis-split"),
@@ -172,6 +209,10 @@ def test_default_split(tmp_path):
     assert default_split("asvspoof2019", "p/ASVspoof2019.LA.cm.dev.trl.txt") == "dev"
     assert default_split("asvspoof2019", "ASVspoof2019.LA.cm.train.trn.txt") == "train"
     assert default_split("asvspoof2021", "trial_metadata.txt") == "eval"
+    assert default_split("asvspoof5", "p/ASVspoof5.train.tsv") == "train"
+    assert default_split("asvspoof5", "ASVspoof5.dev.track_1.tsv") == "dev"
+    assert default_split("asvspoof5", "ASVspoof5.eval.track_1.tsv") == "eval"
+    assert default_split("asvspoof5", "ASVspoof5.dev.metadata.txt") == "dev"
     assert default_split("itw", "meta.csv") == "eval"
     assert default_split("csv", "dir/my_train.csv") == "my_train"
     with pytest.raises(ShardsError, match="pass --split"):
