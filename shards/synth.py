@@ -5,8 +5,8 @@
     # CLI: sccl-shards synth --out corpus [--size default|tiny] [--seed N] [--workers N]
 
 writes, under ``out_dir``, ASVspoof 2019 LA train/dev/eval (FLAC + CM protocols), ASVspoof
-2021 LA and DF eval (FLAC + trial_metadata keys) and an In-the-Wild-like set (WAV +
-meta.csv), so the shard builder runs on it exactly as on the released data. Bona fide audio
+2021 LA and DF eval (FLAC + trial_metadata keys), an In-the-Wild-like set (WAV +
+meta.csv) and an ASVspoof 5-like train/dev/eval (flac_T/flac_D/flac_E_eval + protocols), so the shard builder runs on it exactly as on the released data. Bona fide audio
 is speech-like (synth_speech); spoofs are the same kind of utterances passed through
 artefact-producing attacks (synth_attacks); the 2021/ITW-like sets add codec, compression,
 noise and reverberation (synth_channel). What is generated is decided by synth_layout.
@@ -37,14 +37,23 @@ from shards.atomic import atomic_write_json, atomic_write_text
 from shards.synth_attacks import Utterance, apply_attack
 from shards.synth_channel import df_compression, la21_channel, wild_channel
 from shards.synth_dsp import SR, normalise
-from shards.synth_layout import PART_BY_KEY, SIZES, Row, part_counts, plan_corpus, protocol_files
+from shards.synth_layout import (
+    AS5_CODECS,
+    PART_BY_KEY,
+    SIZES,
+    Row,
+    asv_score_files,
+    part_counts,
+    plan_corpus,
+    protocol_files,
+)
 from shards.synth_speech import Speaker, make_speaker, plan_utterance, record, render
 
 __all__ = ["generate", "synthesize", "SIZES", "MARKER"]
 
 MARKER = "synth.json"
 GENERATOR = "sccl-shards synth"
-VERSION = 1  # bump whenever the same (size, seed) would give different audio
+VERSION = 2  # bump whenever the same (size, seed) would give different audio
 _CHUNK = 12  # rows per worker task: large enough to amortise pickling, small enough to balance
 
 
@@ -79,6 +88,10 @@ def synthesize(row: Row, seed: int) -> np.ndarray:
         wave = df_compression(wave, row.codec, rng)
     elif channel == "wild":
         wave = wild_channel(wave, rng)
+    elif channel == "as5" and row.codec != "-":
+        family, codec = AS5_CODECS[row.codec]
+        wave = (la21_channel(wave, codec, "loc_tx", rng) if family == "la21"
+                else df_compression(wave, codec, rng))
     if row.trim == "trim":
         wave = _trim_silence(wave)
     return normalise(wave, rng.uniform(-30.0, -20.0))
@@ -199,7 +212,7 @@ def generate(
     todo = [r for r in rows if not (out / r.path).is_file()]
     lengths = {r.path: sf.info(str(out / r.path)).frames for r in done}
     lengths.update(_render_all(out, todo, seed, workers))
-    protocols = protocol_files(parts)
+    protocols = {**protocol_files(parts), **asv_score_files(parts, seed)}
     for rel, text in protocols.items():  # after the audio: a listed file always exists
         atomic_write_text(out / rel, text)
     summary = {

@@ -144,6 +144,8 @@ def test_synth_corpus_shards_in_every_format(tmp_path, capsys):
         "df21": ["asvspoof2021", corpus / "keys/DF/CM/trial_metadata.txt",
                  corpus / "ASVspoof2021_DF_eval", "--subset", "all"],
         "itw": ["itw", corpus / "release_in_the_wild/meta.csv", corpus / "release_in_the_wild"],
+        "as5_eval": ["asvspoof5", corpus / "ASVspoof5_protocols/ASVspoof5.eval.track_1.tsv",
+                     corpus / "flac_E_eval"],
     }
     for name, (fmt, protocol, audio, *extra) in builds.items():
         args = ["build", "--format", fmt, "--protocol", str(protocol), "--audio-dir", str(audio),
@@ -152,6 +154,10 @@ def test_synth_corpus_shards_in_every_format(tmp_path, capsys):
         assert main(["verify", str(out / name), "--decode", "--no-progress"]) == 0
         manifest = json.loads((out / name / "manifest.json").read_text())
         assert manifest["counts"]["bonafide"] > 0 and manifest["counts"]["spoof"] > 0
+    # ASVspoof 5: split from the protocol name, codecs counted like the 2021 sets
+    as5 = json.loads((out / "as5_eval" / "manifest.json").read_text())
+    assert as5["dataset"] == "asvspoof5" and as5["split"] == "eval"
+    assert "-" in as5["codecs"] and len(as5["codecs"]) > 1
 
 
 LA21_KEYS = ["LA_0009 LA_E_9332881 alaw ita_tx A07 spoof notrim eval",

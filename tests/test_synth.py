@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sccl.asv import read_asv_scores
 from shards.synth import MARKER, generate
 from shards.synth_attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, Utterance, apply_attack
 from shards.synth_channel import DF_CODECS, LA21_CODECS, df_compression, la21_channel
 from shards.synth_dsp import SR, stft
+from shards.synth_layout import PART_BY_KEY
 from shards.synth_speech import make_speaker, plan_utterance, record, render
 
 LA19_PROTOCOLS = {
@@ -26,6 +28,10 @@ LA19_PROTOCOLS = {
 LA21_KEYS = "keys/LA/CM/trial_metadata.txt"
 DF21_KEYS = "keys/DF/CM/trial_metadata.txt"
 ITW_META = "release_in_the_wild/meta.csv"
+AS5_PROTOCOLS = {"as5_train": ("ASVspoof5.train.tsv", "flac_T"),
+                 "as5_dev": ("ASVspoof5.dev.track_1.tsv", "flac_D"),
+                 "as5_eval": ("ASVspoof5.eval.track_1.tsv", "flac_E_eval")}
+LA19_ASV = "LA/ASVspoof2019_LA_asv_scores/ASVspoof2019.LA.asv.{}.gi.trl.scores.txt"
 
 
 def _lines(path: Path) -> list[list[str]]:
@@ -51,6 +57,9 @@ def _listed(root: Path) -> dict[str, tuple[str, str, str]]:
         out[f"ASVspoof2021_DF_eval/flac/{cols[1]}.flac"] = ("df21", cols[5], cols[4])
     for r in _itw_rows(root):
         out[f"release_in_the_wild/{r['file']}"] = ("itw", r["label"], "-")
+    for key, (name, audio) in AS5_PROTOCOLS.items():
+        for cols in _lines(root / "ASVspoof5_protocols" / name):
+            out[f"{audio}/{cols[1]}.flac"] = (key, cols[8], "-" if cols[8] == "bonafide" else cols[7])
     return out
 
 
@@ -90,6 +99,42 @@ def test_protocol_formats_and_ids(tiny):
     assert [r["file"] for r in rows] == [f"{i}.wav" for i in range(len(rows))]
     assert {r["label"] for r in rows} == {"bona-fide", "spoof"}
     assert all(re.fullmatch(r"Speaker \d\d", r["speaker"]) for r in rows)
+    for key, (name, _) in AS5_PROTOCOLS.items():  # the released 10-column layout
+        letter = name.split(".")[1][0].upper()
+        for cols in _lines(root / "ASVspoof5_protocols" / name):
+            assert len(cols) == 10 and cols[9] == "-", cols
+            assert re.fullmatch(letter + r"_\d{4}", cols[0]), cols
+            assert re.fullmatch(letter + r"_\d{10}", cols[1]) and cols[2] in ("F", "M"), cols
+            assert (cols[7], cols[6]) == ("bonafide", "-") if cols[8] == "bonafide" else (
+                re.fullmatch(r"A\d\d", cols[7]) and re.fullmatch(r"AC\d", cols[6])), cols
+            assert (cols[3] == "-") == (cols[4] == "-") == (cols[5] == "-"), cols
+            assert key != "as5_train" or cols[3] == "-", "train is uncoded, as released"
+            ids.append(cols[1])
+    assert len(ids) == len(set(ids))
+    assert {c[3] for c in _lines(root / "ASVspoof5_protocols/ASVspoof5.eval.track_1.tsv")} > {"-"}
+
+
+def test_asv_score_files_in_official_layouts(tiny):
+    """LA19 dev/eval and LA21 ASV scores: a target and a nontarget trial per bona fide
+    utterance, a spoof trial per spoof, read back by sccl.asv; targets score above the rest."""
+    root, _ = tiny
+    listed = _listed(root)
+    for split in ("dev", "eval"):
+        asv = read_asv_scores(root / LA19_ASV.format(split))
+        cm = [v for v in listed.values() if v[0] == f"la19_{split}"]
+        assert Counter(asv.keys) == {"target": sum(v[1] == "bonafide" for v in cm),
+                                     "nontarget": sum(v[1] == "bonafide" for v in cm),
+                                     "spoof": sum(v[1] == "spoof" for v in cm)}
+        assert Counter(asv.attacks[asv.keys == "spoof"]) == Counter(
+            v[2] for v in cm if v[1] == "spoof")
+    asv = read_asv_scores(root / "keys/LA/ASV")
+    cm = {cols[1]: cols for cols in _lines(root / LA21_KEYS)}
+    meta = _lines(root / "keys/LA/ASV/trial_metadata.txt")
+    assert all(m[2:5] == cm[m[1]][2:5] or m[4] == "bonafide" for m in meta)
+    assert {m[1] for m in meta} == set(cm) and set(asv.subsets) == {"progress", "eval",
+                                                                     "hidden_track"}
+    tar, non, spoof = asv.trials()
+    assert tar.mean() > spoof.mean() > non.mean()
 
 
 def test_every_listed_file_decodes_at_16k(tiny):
@@ -111,7 +156,9 @@ def test_labels_and_attacks_match_summary(tiny):
     listed = _listed(root)
     names = {"la19_train": ("asvspoof2019_la", "train"), "la19_dev": ("asvspoof2019_la", "dev"),
              "la19_eval": ("asvspoof2019_la", "eval"), "la21": ("asvspoof2021_la", "eval"),
-             "df21": ("asvspoof2021_df", "eval"), "itw": ("itw", "eval")}
+             "df21": ("asvspoof2021_df", "eval"), "itw": ("itw", "eval"),
+             "as5_train": ("asvspoof5", "train"), "as5_dev": ("asvspoof5", "dev"),
+             "as5_eval": ("asvspoof5", "eval")}
     for key, (dataset, split) in names.items():
         rows = [v for v in listed.values() if v[0] == key]
         counts = summary["datasets"][dataset][split]
@@ -121,7 +168,9 @@ def test_labels_and_attacks_match_summary(tiny):
             attacks = Counter("-" if lab == "bonafide" else a for _, lab, a in rows)
             assert attacks == Counter(counts["attacks"])
             spoof_attacks = set(attacks) - {"-"}
-            allowed = TRAIN_ATTACKS if key in ("la19_train", "la19_dev") else EVAL_ATTACKS
+            allowed = {"la19_train": TRAIN_ATTACKS, "la19_dev": TRAIN_ATTACKS,
+                       **{k: p.attacks for k, p in PART_BY_KEY.items() if k.startswith("as5")}
+                       }.get(key, EVAL_ATTACKS)
             assert spoof_attacks and spoof_attacks <= set(allowed), key
             assert labels["spoof"] > labels["bonafide"], "spoof is the majority as in ASVspoof"
         else:
