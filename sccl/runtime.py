@@ -169,9 +169,9 @@ class StopSignal:
 
     The handler only records the signal (nothing unsafe runs inside it). ``agreed`` sums the
     flag over ranks so that every rank stops at the same step even when only some ranks (or
-    only the launcher's first child) received the signal. SIGINT is a stop request too, not an
-    abort: under ``accelerate launch`` one Ctrl-C reaches every rank twice (from the terminal
-    and forwarded by the launcher). Previous handlers come back on ``close``."""
+    only the launcher's first child) received the signal. SIGINT (Ctrl-C; torchrun forwards it
+    to the ranks, which it starts in sessions of their own) is a stop request too, not an
+    abort: SIGKILL aborts. Previous handlers come back on ``close``."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 

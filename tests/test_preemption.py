@@ -31,9 +31,35 @@ from tests.test_train_supcon import (
 pytestmark = pytest.mark.slow
 
 
-def run_and_signal(cmd: list[str], run_dir: Path, after_step: int, sig: int, group: bool):
-    """Start ``cmd`` in its own process group; once ``after_step`` is logged, send ``sig`` to
-    the launcher alone or (``group``) to every process of the group at once."""
+def job_processes(root: int) -> list[int]:
+    """``root`` and all its descendants (from /proc). torchrun starts every rank in a session
+    of its own, so a process group does not hold the job: Slurm signals every process of the
+    job step (its cgroup), which this list stands for."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += frontier
+    return found
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def run_and_signal(cmd: list[str], run_dir: Path, after_step: int, sig: int, target: str):
+    """Start ``cmd`` in a session of its own; once ``after_step`` is logged, send ``sig`` to
+    the "launcher" alone, to every process of the "job" at once (launcher, ranks and loader
+    workers), or to the process "group" (what a terminal's Ctrl-C reaches)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = run_dir / "stage1" / "log.jsonl"
@@ -42,7 +68,12 @@ def run_and_signal(cmd: list[str], run_dir: Path, after_step: int, sig: int, gro
         steps = [json.loads(x).get("global_step", 0) for x in
                  (log.read_text().splitlines() if log.exists() else []) if x.endswith("}")]
         if steps and max(steps) >= after_step:
-            (os.killpg if group else os.kill)(proc.pid, sig)
+            if target == "group":
+                os.killpg(proc.pid, sig)
+                break
+            pids = job_processes(proc.pid) if target == "job" else [proc.pid]
+            assert target != "job" or len(pids) >= 3, pids  # the launcher and ranks at least
+            signal_all(pids, sig)
             break
         time.sleep(0.05)
     out, err = proc.communicate(timeout=240)
@@ -69,14 +100,14 @@ def two_proc_setup(corpus, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize(("group", "after_step"), [(True, 2), (False, 3)],
+@pytest.mark.parametrize(("target", "after_step"), [("job", 2), ("launcher", 3)],
                          ids=["every-process", "launcher-only"])
-def test_sigterm_with_loader_workers_checkpoints_and_resumes_exactly(two_proc_setup, group,
+def test_sigterm_with_loader_workers_checkpoints_and_resumes_exactly(two_proc_setup, target,
                                                                      after_step):
     tmp, cfg, full = two_proc_setup
-    cut = tmp / f"cut-{group}"
+    cut = tmp / f"cut-{target}"
     cmd = command(cfg, cut, launch="cpu_2proc.yaml")
-    code, out, err = run_and_signal(cmd, cut, after_step, signal.SIGTERM, group)
+    code, out, err = run_and_signal(cmd, cut, after_step, signal.SIGTERM, target)
     # The ranks stop cleanly inside the launcher's grace period; the launcher itself reports
     # that it was signalled (torchrun re-raises SignalException: exit 1), see docs/reliability.md.
     assert "stopped by a signal" in out, f"exit {code}\n{out[-2000:]}\n{err[-4000:]}"
@@ -95,7 +126,7 @@ def test_ctrl_c_checkpoints_and_exits_0_on_one_process(corpus, tmp_path):  # noq
                       optim={"epochs": 3, "patience": 0})
     full, cut = tmp_path / "full", tmp_path / "cut"
     check_ok(run(command(cfg, full)))
-    code, out, err = run_and_signal(command(cfg, cut), cut, 2, signal.SIGINT, group=True)
+    code, out, err = run_and_signal(command(cfg, cut), cut, 2, signal.SIGINT, "group")
     assert code == 0 and "stopped by a signal" in out, f"exit {code}\n{out[-2000:]}\n{err[-3000:]}"
     assert "KeyboardInterrupt" not in err and "DataLoader worker" not in err, err[-3000:]
     check_ok(run(command(cfg, cut)))
