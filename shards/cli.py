@@ -103,14 +103,15 @@ def _add_synth(sub) -> None:
     p = sub.add_parser(
         "synth", help="write the synthetic corpus in the real datasets' layouts",
         description="Write a synthetic corpus laid out like the released datasets (ASVspoof "
-        "2019 LA train/dev/eval, ASVspoof 2021 LA and DF eval keys, In-the-Wild meta.csv), so "
+        "2019 LA train/dev/eval with ASV scores, ASVspoof 2021 LA and DF eval keys with LA ASV "
+        "scores, In-the-Wild meta.csv, ASVspoof 5 train/dev/eval protocols), so "
         "'sccl-shards build' runs on it exactly as on the real data. The same --size and "
         "--seed give byte-identical files for any --workers; a rerun into the same --out "
         "renders only what is missing.")
     p.add_argument("--out", required=True,
                    help="output directory (created; refused if it holds anything else)")
     p.add_argument("--size", default="default", choices=("default", "tiny"),
-                   help="'default': 2835 files of 1-4 s (the demo's corpus); 'tiny': 64 files "
+                   help="'default': 3059 files of 1-4 s (the demo's corpus); 'tiny': 79 files "
                    "of 1-2 s (tests); default: default")
     p.add_argument("--seed", type=_count(0), default=0,
                    help="seed of every random draw (ids, labels, audio); default 0")
