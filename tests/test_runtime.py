@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -73,8 +74,8 @@ def test_stop_signal_sets_the_flag_and_restores_handlers():
 def test_stop_signals_deferred_while_workers_may_fork():
     stop = rt.StopSignal()
     try:
-        with rt.stop_signals_deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
+        with rt.stop_signals_deferred():  # blocked in this thread (a forked worker inherits it)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
             assert stop.received is None  # pending, not lost
         assert stop.received == signal.SIGTERM
     finally:
