@@ -203,14 +203,11 @@ def check_config(cfg: TrainConfig, accelerator) -> int:
         raise ConfigError("optim.clip_scope=head cannot be honoured under DeepSpeed (it clips "
                           "encoder and head together inside its step): set --optim.clip_scope "
                           "all, or --optim.grad_clip 0, or use DDP (launch/multi_gpu.yaml)")
-    if cfg.data.batch_size % world:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the global batch: it must "
-                          f"be divisible by the number of processes ({world})")
-    per_rank = cfg.data.batch_size // world
-    bona = math.floor(per_rank * cfg.data.bonafide_share + 0.5)
-    if min(bona, per_rank - bona) < 2 and not cfg.loss.gather_batch and accelerator.is_main_process:
-        print(f"warning: {per_rank} rows per rank leave some anchors without a positive (their "
-              "loss is 0); raise data.batch_size or set loss.gather_batch", file=sys.stderr)
+    cfg.data.check_encoder(cfg.model.receptive_field())  # crops the encoder can frame
+    bona, spoof = cfg.data.rank_rows(world)  # each rank batch holds both labels
+    if min(bona, spoof) < 2 and not cfg.loss.gather_batch and accelerator.is_main_process:
+        print(f"warning: {bona + spoof} rows per rank leave some anchors without a positive "
+              "(their loss is 0); raise data.batch_size or set loss.gather_batch", file=sys.stderr)
     rank = accelerator.process_index
     n_batches = len(build_train_loader(cfg.data, rank=rank, world_size=world, epoch=1))
     if cfg.data.dev_shards:
@@ -246,6 +243,7 @@ def run_epochs(cfg: TrainConfig, accelerator, paths: rt.StagePaths, resume_from:
     rank = accelerator.process_index
     rt.seed_all(cfg.run.seed)  # identical initial weights on every rank
     model = SupConModel(cfg.model)
+    cfg.model = model.cfg  # the SpecAugment values it resolved go into config.yaml
     o = cfg.optim
     groups = model.param_groups(o.encoder_lr, o.head_lr, o.weight_decay,
                                 exclude_norm_bias=o.exclude_norm_bias)
