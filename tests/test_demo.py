@@ -133,7 +133,7 @@ def test_write_seeds_reads_every_run_and_writes_json_and_md(tmp_path):
         (tmp_path / f"seed-{seed}" / "eval" / "results.json").write_text(json.dumps(res))
     table = demo.write_seeds(args, {0: 60.0, 1: 61.5, 5: 59.0})
     saved = json.loads((tmp_path / "seeds.json").read_text())
-    assert saved["mean"]["la21"] == pytest.approx(33.0) and saved["wall_seconds"]["1"] == 61.5
+    assert saved["mean"]["la21"] == pytest.approx(33.0) and saved["seconds_this_call"]["1"] == 61.5
     assert saved["per_seed"]["5"]["mean"] == pytest.approx(30.75)
     assert table in (tmp_path / "seeds.md").read_text()
     assert not list(tmp_path.glob(".*.tmp"))  # atomic: no temporary file left
