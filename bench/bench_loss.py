@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sccl.io import atomic_write_json
 from sccl.losses import pairwise_similarity, supcon_loss
-from shards.atomic import atomic_write_json
 
 
 def loop_supcon(z, labels, *, temperature, similarity, queue_z, queue_labels):

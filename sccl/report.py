@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from sccl.config import ConfigError, flatten, read_config_file
+from sccl.io import atomic_open, atomic_write_text
 from sccl.results import display_name, ordered_sets
-from shards.atomic import atomic_open, atomic_write_text
 
 # What makes a configuration; seeds are replicates; run.* only says where/how it ran.
 GROUP_KEYS = ("loss.similarity", "loss.temperature", "loss.queue_size", "loss.queue_start_epoch")

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from sccl.aggregate import Trials
+from sccl.io import atomic_open, atomic_write_json, atomic_write_text
 from sccl.metrics import compute_det_curve
-from shards.atomic import atomic_open, atomic_write_json, atomic_write_text
 
 # Study column order; other set names follow in the order given.
 STUDY_COLUMNS = ("la19", "itw", "la21", "df21")

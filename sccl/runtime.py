@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from sccl import dist
-from shards.atomic import atomic_write_json
+from sccl.io import atomic_write_json, file_sha256
 
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
@@ -144,7 +144,7 @@ class JsonlLogger:
         kept = [] if resume_step is None else [
             line for line in path.read_text().splitlines()
             if _logged_step(line, resume_step + 1) <= resume_step]
-        from shards.atomic import atomic_write_text
+        from sccl.io import atomic_write_text
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
@@ -317,17 +317,9 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.close(fd)
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 23):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(ckpt: Path) -> None:
     """``manifest.json``: size and sha256 of every file of ``ckpt`` (written last)."""
-    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": file_digest(p)}
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
     atomic_write_json(ckpt / MANIFEST, {"format": 1, "files": files})
 
@@ -349,7 +341,7 @@ def checkpoint_damage(ckpt: Path) -> str | None:
             return f"{path}: missing"
         if path.stat().st_size != size:
             return f"{path}: {path.stat().st_size} bytes, {size} when saved (truncated?)"
-        if file_digest(path) != digest:
+        if file_sha256(path) != digest:
             return f"{path}: content differs from the sha256 recorded when saved"
     return None
 

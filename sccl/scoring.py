@@ -43,9 +43,9 @@ from torch import nn
 
 from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
+from sccl.io import atomic_open, atomic_write_bytes, atomic_write_json
 from sccl.linear import RunMismatchError, file_sha256, linear_scores, load_stage2
 from sccl.model import ModelConfig, ModelLoadError, SupConModel
-from shards.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 
 EXPORT_FORMAT = "sccl-spoof-detector"
 EXPORT_VERSION = 2  # 2: config.json records weights_sha256 (1 had no hash: refused)

@@ -48,6 +48,7 @@ from sccl.config import (
 )
 from sccl.data import DataConfig, ShardDirError
 from sccl.embed import EmbedError, EmbedOptions, collect, embed_share, make_accelerator
+from sccl.io import atomic_write_bytes
 from sccl.linear import (
     LinearConfig,
     RunMismatchError,
@@ -57,7 +58,6 @@ from sccl.linear import (
     train_classifier,
 )
 from sccl.model import ModelLoadError, SupConModel
-from shards.atomic import atomic_write_bytes
 
 
 @dataclass

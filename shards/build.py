@@ -23,8 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from sccl.io import atomic_write_json, file_sha256
 from sccl.lock import DirLock, LockHeldError
-from shards.atomic import atomic_write_json
 from shards.errors import ShardsError
 from shards.outdir import (
     BUILDER,
@@ -39,7 +39,6 @@ from shards.outdir import (
 )
 from shards.plan import (
     MISSING_RECORDED,
-    file_sha256,
     make_plan,
     missing_error,
     order_items,

@@ -123,10 +123,3 @@ def plan_digest(plan: list[ShardPlan]) -> str:
     desc = [[p.name, [[it.record.utt_id, it.source, it.size] for it in p.items]] for p in plan]
     return hashlib.sha256(json.dumps(desc, separators=(",", ":")).encode()).hexdigest()
 
-
-def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk_ := f.read(block):
-            h.update(chunk_)
-    return h.hexdigest()

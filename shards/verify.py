@@ -17,9 +17,9 @@ from collections import Counter
 from itertools import groupby
 from pathlib import Path
 
+from sccl.io import file_sha256
 from shards.build import MANIFEST, STATE
 from shards.errors import ShardsError
-from shards.plan import file_sha256
 from shards.pool import run_tasks
 from shards.writer import SHORT_SAMPLES
 

@@ -1,13 +1,15 @@
-"""Atomic file writes: write to a temporary file in the same directory, fsync, rename.
+"""File I/O every part shares: atomic writes and content hashes.
 
-A reader (or a resumed run) therefore sees either the old file or the complete new one,
-never a half-written file. Used by the shard builder and by every stage that writes into a
-run directory.
+Atomic writes go to a temporary file in the same directory, fsync, rename: a reader (or a
+resumed run) sees either the old file or the complete new one, never a half-written file.
+Used by every stage that writes into a run directory and by the shard builder (which
+imports the library, never the reverse).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -60,3 +62,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 23) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (checkpoints hash gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
