@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sccl.io import atomic_write_json
+from sccl.fileio import atomic_write_json
 from sccl.losses import pairwise_similarity, supcon_loss
 
 

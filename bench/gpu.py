@@ -49,7 +49,7 @@ import torch
 from bench import gpu_data, gpu_engines, gpu_train
 from bench.gpu_report import judge, markdown
 from bench.gpu_step import Ctx, Timing, free_memory
-from sccl.io import atomic_write_json, atomic_write_text
+from sccl.fileio import atomic_write_json, atomic_write_text
 
 # Datasheet dense (no sparsity) bf16 tensor-core peaks, TFLOP/s; first substring match wins.
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),

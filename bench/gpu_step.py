@@ -23,8 +23,8 @@ import torch
 from bench.flops import forward_flops
 from sccl.dist import all_gather_no_grad
 from sccl.losses import supcon_loss
+from sccl.memory import EmbeddingQueue
 from sccl.model import ModelConfig, SupConModel
-from sccl.queue import EmbeddingQueue
 
 TEMPERATURE = 0.3  # the study's cosine temperature
 GRAD_CLIP = 5.0

@@ -27,7 +27,7 @@ from bench.gpu_step import (
 )
 from sccl.dist import all_gather_no_grad
 from sccl.losses import supcon_loss
-from sccl.queue import EmbeddingQueue
+from sccl.memory import EmbeddingQueue
 
 # Seconds a setting needs to be worth starting; below this it is "skipped: time budget".
 SETTING_MIN_LEFT = 3.0

@@ -45,7 +45,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from sccl.io import atomic_write_text
+from sccl.fileio import atomic_write_text
 
 T = TypeVar("T")
 _INT_RE = re.compile(r"[+-]?\d+")

@@ -37,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 
 import sccl
-from sccl.io import atomic_write_json, atomic_write_text
+from sccl.fileio import atomic_write_json, atomic_write_text
 
 _LA19 = "LA/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.{}.txt"
 # name -> (format, protocol, audio dir, extra flags); paths relative to the corpus

@@ -25,21 +25,14 @@ changed since, or its shard directory or score file no longer match. ``--eval.fr
 starts over. The t-SNE picture shows the sets scored by the latest call (its title names
 them); plots and score files that no longer belong to results.json are deleted.
 """
-# ruff: noqa: E402  (the sys.path fix below must run before the imports)
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a file (`accelerate launch sccl/evaluate.py`): keep sccl/queue.py from shadowing
-    # the standard library's `queue`.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import json
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from sccl.io import (
+from sccl.fileio import (
     atomic_write_bytes,
     file_sha256,  # noqa: F401  (re-exported: Stage 2 and its tests use it)
 )
@@ -146,7 +146,7 @@ def save_classifier(stage2: Path, result: LinearResult, meta: dict) -> None:
     blob = safetensors_save({"weight": result.weight.contiguous(), "bias": result.bias},
                             metadata={"stage1_weights_sha256": meta["stage1_weights_sha256"]})
     atomic_write_bytes(stage2 / CLASSIFIER, blob)
-    from sccl.io import atomic_write_json
+    from sccl.fileio import atomic_write_json
 
     atomic_write_json(stage2 / THRESHOLD, {
         "threshold": result.threshold, "dev_eer": result.dev_eer, "epoch": result.best_epoch,

@@ -38,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from sccl.io import atomic_write_bytes, atomic_write_json
+from sccl.fileio import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     from transformers import Wav2Vec2Model

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from sccl.config import ConfigError, flatten, read_config_file
-from sccl.io import atomic_open, atomic_write_text
+from sccl.fileio import atomic_open, atomic_write_text
 from sccl.results import display_name, ordered_sets
 
 # What makes a configuration; seeds are replicates; run.* only says where/how it ran.

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sccl.aggregate import Trials
-from sccl.io import atomic_open, atomic_write_json, atomic_write_text
+from sccl.fileio import atomic_open, atomic_write_json, atomic_write_text
 from sccl.metrics import compute_det_curve
 
 # Study column order; other set names follow in the order given.

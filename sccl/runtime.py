@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from sccl import dist
-from sccl.io import atomic_write_json, file_sha256
+from sccl.fileio import atomic_write_json, file_sha256
 
 _STEP_DIR = re.compile(r"step-(\d{8})")
 
@@ -144,7 +144,7 @@ class JsonlLogger:
         kept = [] if resume_step is None else [
             line for line in path.read_text().splitlines()
             if _logged_step(line, resume_step + 1) <= resume_step]
-        from sccl.io import atomic_write_text
+        from sccl.fileio import atomic_write_text
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ from torch import nn
 
 from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
-from sccl.io import atomic_open, atomic_write_bytes, atomic_write_json
+from sccl.fileio import atomic_open, atomic_write_bytes, atomic_write_json
 from sccl.linear import RunMismatchError, file_sha256, linear_scores, load_stage2
 from sccl.model import ModelConfig, ModelLoadError, SupConModel
 

@@ -15,22 +15,15 @@ Layout of RUN/stage2: sccl/linear.py. The stage directory is locked while the st
 second run on it exits 2 naming the holder; docs/reliability.md). Paths are saved absolute.
 Exit codes: 0 done, 2 bad input (also: the stage directory in use).
 """
-# ruff: noqa: E402  (the sys.path fix below must run before the imports)
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a file (`accelerate launch sccl/train_linear.py`): Python put sccl/ first on
-    # sys.path, where sccl/queue.py would shadow the standard library's `queue`.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,7 +41,7 @@ from sccl.config import (
 )
 from sccl.data import DataConfig, ShardDirError
 from sccl.embed import EmbedError, EmbedOptions, collect, embed_share, make_accelerator
-from sccl.io import atomic_write_bytes
+from sccl.fileio import atomic_write_bytes
 from sccl.linear import (
     LinearConfig,
     RunMismatchError,

@@ -19,20 +19,13 @@ locked while the run lasts: a second run on it exits 2 naming the holder. Guaran
 tests: docs/reliability.md. Exit codes: 0 done or preempted, 2 bad input (config, model path,
 shards, a run directory in use, no intact checkpoint), 3 too many non-finite losses.
 """
-# ruff: noqa: E402  (the sys.path fix below must run before the imports)
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a file (`accelerate launch sccl/train_supcon.py`): Python put sccl/ first on
-    # sys.path, where sccl/queue.py would shadow the standard library's `queue`.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -55,8 +48,8 @@ from sccl.data import (
     build_train_loader,
 )
 from sccl.losses import supcon_loss, supcon_loss_terms
+from sccl.memory import EmbeddingQueue, queue_active
 from sccl.model import ModelConfig, ModelLoadError, SupConModel
-from sccl.queue import EmbeddingQueue, queue_active
 
 
 @dataclass

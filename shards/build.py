@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from sccl.io import atomic_write_json, file_sha256
+from sccl.fileio import atomic_write_json, file_sha256
 from sccl.lock import DirLock, LockHeldError
 from shards.errors import ShardsError
 from shards.outdir import (

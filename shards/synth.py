@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sccl.io import atomic_write_json, atomic_write_text
+from sccl.fileio import atomic_write_json, atomic_write_text
 from shards.synth_attacks import Utterance, apply_attack
 from shards.synth_channel import df_compression, la21_channel, wild_channel
 from shards.synth_dsp import SR, normalise

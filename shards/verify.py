@@ -17,7 +17,7 @@ from collections import Counter
 from itertools import groupby
 from pathlib import Path
 
-from sccl.io import file_sha256
+from sccl.fileio import file_sha256
 from shards.build import MANIFEST, STATE
 from shards.errors import ShardsError
 from shards.pool import run_tasks

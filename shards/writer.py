@@ -14,7 +14,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 
-from sccl.io import atomic_open
+from sccl.fileio import atomic_open
 from shards.errors import ShardsError
 from shards.plan import Item, ShardPlan
 

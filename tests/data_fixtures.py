@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sccl.io import atomic_write_json
+from sccl.fileio import atomic_write_json
 
 
 def make_wave(rng: np.random.Generator, seconds: float, sr: int, channels: int = 1) -> np.ndarray:

@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
+import sccl
 from sccl import runtime as rt
 from sccl.config import ConfigError
-from sccl.queue import EmbeddingQueue
+from sccl.memory import EmbeddingQueue
 
 
 def test_stage_paths_layout(tmp_path):
@@ -152,8 +154,14 @@ def test_build_optimizer_schedules():
     assert rt.build_optimizer(groups, Optim, 6)[1] is None
 
 
-def test_train_supcon_runs_as_a_file_despite_sccl_queue_module():
-    # `python sccl/train_supcon.py` puts sccl/ (which holds queue.py) first on sys.path.
+def test_no_library_module_shadows_the_standard_library():
+    # `accelerate launch sccl/train_supcon.py` puts sccl/ first on sys.path, where a module
+    # named like a standard one (queue.py once) would replace it for every library.
+    names = {p.stem for p in Path(sccl.__file__).parent.glob("*.py")}
+    assert not names & set(sys.stdlib_module_names)
+
+
+def test_train_supcon_runs_as_a_file():
     out = subprocess.run([sys.executable, "sccl/train_supcon.py", "--help"], capture_output=True,
                          text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

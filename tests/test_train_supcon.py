@@ -242,8 +242,8 @@ def test_queue_gets_a_window_only_after_its_optimizer_step(fresh_accelerate_stat
     from accelerate import Accelerator
 
     from sccl import runtime as rt
+    from sccl.memory import EmbeddingQueue
     from sccl.model import ModelConfig
-    from sccl.queue import EmbeddingQueue
     from sccl.train_supcon import Run, train_micro_batch
 
     acc = Accelerator(cpu=True, gradient_accumulation_steps=2)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from sccl import dist
-from sccl.io import atomic_write_json
+from sccl.fileio import atomic_write_json
 from sccl.losses import supcon_loss, supcon_loss_terms
-from sccl.queue import EmbeddingQueue
+from sccl.memory import EmbeddingQueue
 
 SIZES = [3, 5]  # uneven per-rank first dimensions
 

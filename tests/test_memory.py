@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from sccl.queue import EmbeddingQueue, queue_active
+from sccl.memory import EmbeddingQueue, queue_active
 
 
 def _batch(first_id, n, dim=3):
