@@ -1,8 +1,9 @@
 """EER aggregation over scored trials: per set, per attack, per condition, pooled and mean.
 
-Pure functions of numpy arrays (no model, no process group). The EER itself always comes from
-``sccl.metrics.compute_eer`` (ASVspoof DET-curve convention, higher score = bona fide); this
-module only decides *which* scores go into each EER and how sets are combined:
+Pure functions of numpy arrays (no model, no process group). The EER arithmetic lives only in
+``sccl.metrics`` (``compute_eer`` and the bootstrap's ``replicate_eer`` share its DET walk;
+ASVspoof convention, higher score = bona fide); this module only decides *which* scores go
+into each EER and how sets are combined:
 
 - per set: every trial of the set (after the subset filter chosen by the caller);
 - per attack: the spoof trials of one attack against *all* bona fide trials of the set
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sccl.metrics import bootstrap_eer_ci, compute_eer
+from sccl.metrics import bootstrap_eer_ci, class_counts, compute_eer, replicate_eer, walk_order
 
 
 class TrialError(ValueError):
@@ -122,41 +123,13 @@ def mean_eer(sets: list[Trials]) -> float:
     return float(np.mean([eer_of(t.scores, t.bonafide)[0] for t in sets]))
 
 
-def walk_order(scores: np.ndarray, bonafide: np.ndarray) -> np.ndarray:
-    """Trial indices (N,) in the order compute_eer walks them: bona fide then spoof, stably
-    sorted by score (so bona fide first among equal scores)."""
-    idx = np.r_[np.flatnonzero(bonafide), np.flatnonzero(~bonafide)]
-    return idx[np.argsort(scores[idx], kind="mergesort")]
-
-
-def walk_eer(is_bona: np.ndarray) -> float:
-    """EER of trials already in walk order, given only their classes (M,) bool: the same
-    arithmetic as compute_eer (cut k = 0..M, first argmin of |FRR - FAR|)."""
-    n, n_b = is_bona.size, int(is_bona.sum())
-    bona_below = np.cumsum(is_bona)
-    frr = np.r_[0.0, bona_below / n_b]
-    far = np.r_[1.0, (n - n_b - (np.arange(1, n + 1) - bona_below)) / (n - n_b)]
-    k = int(np.argmin(np.abs(frr - far)))
-    return float((frr[k] + far[k]) / 2)
-
-
-def _class_counts(bonafide: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """How often each trial (N,) is drawn when each class is resampled with replacement."""
-    counts = np.zeros(bonafide.size, dtype=np.int64)
-    for members in (np.flatnonzero(bonafide), np.flatnonzero(~bonafide)):
-        counts[members] = np.bincount(rng.integers(0, members.size, members.size),
-                                      minlength=members.size)
-    return counts
-
-
 def bootstrap_cis(sets: list[Trials], *, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict:
     """Percentile CIs: {"sets": {name: [lo, hi]}, "pooled": [lo, hi], "mean": [lo, hi]}.
 
     Fractions; ``n_boot`` = 0 gives None for every interval. Reproducible for a given seed.
-    A replicate is a vector of draw counts per trial: repeating the trials of the walk order
-    by their counts gives the resample already sorted (copies of a trial are adjacent, ties
-    keep bona fide first), so each replicate costs O(N) instead of a sort.
+    A replicate is a vector of draw counts per trial (``sccl.metrics.class_counts``), its EER
+    ``sccl.metrics.replicate_eer`` (O(N), no sort).
     """
     if n_boot < 0 or not 0.0 < level < 1.0:
         raise ValueError(f"need n_boot >= 0 and 0 < level < 1; got {n_boot}, {level}")
@@ -172,11 +145,11 @@ def bootstrap_cis(sets: list[Trials], *, n_boot: int = 1000, seed: int = 0,
     rng = np.random.default_rng(seed)
     pooled, mean = np.empty(n_boot), np.empty(n_boot)
     for b in range(n_boot):
-        counts = [_class_counts(t.bonafide, rng) for t in sets]
-        mean[b] = np.mean([walk_eer(np.repeat(t.bonafide[o], c[o]))
+        counts = [class_counts(t.bonafide, rng) for t in sets]
+        mean[b] = np.mean([replicate_eer(t.bonafide[o], c[o])
                            for t, o, c in zip(sets, orders, counts, strict=True)])
         c = np.concatenate(counts)
-        pooled[b] = walk_eer(np.repeat(all_bona[pooled_order], c[pooled_order]))
+        pooled[b] = replicate_eer(all_bona[pooled_order], c[pooled_order])
     q = [alpha / 2, 1.0 - alpha / 2]
     return {"sets": per_set, "pooled": [float(x) for x in np.quantile(pooled, q)],
             "mean": [float(x) for x in np.quantile(mean, q)]}

@@ -16,21 +16,18 @@ from safetensors.torch import load_file, save_file
 from sccl.aggregate import (
     TrialError,
     Trials,
-    _class_counts,
     bootstrap_cis,
     mean_eer,
     per_attack_eer,
     per_condition_eer,
     pooled_eer,
     summarise,
-    walk_eer,
-    walk_order,
 )
 from sccl.contamination import contamination_report
 from sccl.embed import read_shard_metadata
 from sccl.evaluate import main as eval_main
 from sccl.evaluate import select
-from sccl.metrics import compute_eer
+from sccl.metrics import class_counts, compute_eer, replicate_eer, walk_eer, walk_order
 from sccl.results import read_score_file, results_table, write_score_file
 from sccl.train_linear import main as stage2_main
 from tests.eval_fixtures import ROOT, STAGE2_ARGS, accelerate_launch, make_sets, make_stage1_run
@@ -93,11 +90,11 @@ def test_bootstrap_walk_equals_compute_eer_on_the_resample(seed):
     bona = rng.random(n) < 0.4
     bona[:2] = [True, False]
     order = walk_order(scores, bona)
-    assert walk_eer(bona[order]) == compute_eer(scores[bona], scores[~bona])[0]
-    counts = _class_counts(bona, rng)
+    assert walk_eer(bona[order])[0] == compute_eer(scores[bona], scores[~bona])[0]
+    counts = class_counts(bona, rng)
     resampled = np.repeat(np.arange(n), counts)  # the explicit resample, in any order
     expect = compute_eer(scores[resampled][bona[resampled]], scores[resampled][~bona[resampled]])
-    assert walk_eer(np.repeat(bona[order], counts[order])) == expect[0]
+    assert replicate_eer(bona[order], counts[order]) == expect[0]
 
 
 def test_bootstrap_reproducible_and_brackets_estimate():
