@@ -9,7 +9,7 @@ Measures samples per CPU-second of one thread, all in the main process (num_work
   pipeline          sccl.data.build_train_loader over the shards: tar reading, shuffle
                     buffers, decode + random crop, collate (goal: >= 80 % of raw decode)
   tar reading       the shards' samples (bytes, not decoded) through webdataset's
-                    tariterators, and through sccl.data_tar (what the pipeline uses)
+                    tariterators (tar_file_expander + group_by_keys), as the pipeline reads them
   file per sample   the usual Dataset: soundfile.read(path) of one FLAC file per sample,
                     crop in numpy, stack
   RawBoost          sccl.rawboost on (16, crop) batches in float32, p = 1 and p = 0.7
@@ -34,7 +34,7 @@ import webdataset as wds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sccl import audio, data_tar  # noqa: E402
+from sccl import audio  # noqa: E402
 from sccl.data import DataConfig, build_train_loader  # noqa: E402
 from sccl.data_shards import iter_shard, load_shard_set  # noqa: E402
 from sccl.rawboost import RawBoost, RawBoostConfig  # noqa: E402
@@ -100,12 +100,6 @@ def _tar_webdataset(paths):
                 pass
 
 
-def _tar_lean(paths):
-    for p in paths:
-        for _ in data_tar.iter_samples(p):
-            pass
-
-
 def _pipeline(shard_dir, sr, crop_seconds, batch) -> int:
     cfg = DataConfig(train_shards=shard_dir, sample_rate=sr, crop_seconds=crop_seconds,
                      batch_size=batch, num_workers=0, shuffle_buffer=1000, rawboost=False,
@@ -162,10 +156,8 @@ def main() -> None:
              lambda: _pipeline(shard_dir, sr, args.crop_seconds, args.batch)),
         ]
         tars = [sh.path for sh in load_shard_set(shard_dir).shards]
-        jobs += [("tar reading only (webdataset tariterators)", len(blobs),
-                  lambda: _tar_webdataset(tars)),
-                 ("tar reading only (sccl.data_tar, used by the pipeline)", len(blobs),
-                  lambda: _tar_lean(tars))]
+        jobs.append(("tar reading only (webdataset tariterators, as the pipeline)", len(blobs),
+                     lambda: _tar_webdataset(tars)))
         if paths:
             jobs.append(("one FLAC file per sample (sf.read + numpy crop)", len(paths),
                          lambda: _file_per_sample(paths, length, rng)))

@@ -3,8 +3,10 @@
 Shards carry the original audio bytes (FLAC or WAV), so decoding happens here, in the loader
 workers, through soundfile (libsndfile) on an in-memory buffer. A crop only reads the frames
 it keeps (libsndfile seeks inside FLAC and WAV), so a 4 s crop of a 30 s file decodes 4 s.
-Resampling (only when a file's rate differs from the target) uses torchaudio's windowed-sinc
-resampler with its kernel cached per rate pair; stereo is downmixed by averaging channels.
+Resampling (only when a file's rate differs from the target) is scipy's polyphase
+resample_poly, the shard builder's resampler too (sccl-shards transcodes to 16 kHz with it), so
+a clip resampled at build time and one resampled at load time go through the same filter;
+stereo is downmixed by averaging channels.
 
 Conventions: a wave is (T,) float32; a batch is (B, T) with an attention mask (B, T) bool,
 True = real audio, False = zero padding at the end.
@@ -12,17 +14,14 @@ True = real audio, False = zero padding at the end.
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 
 import numpy as np
 import soundfile as sf
 import torch
+from scipy.signal import resample_poly
 
-# Extra source frames read around a crop so the resampler's filter has real context at both
-# edges (torchaudio's default kernel spans 6 zero crossings each side).
-_RESAMPLE_MARGIN = 64
 # Only floating-point encodings can hold NaN/Inf; integer PCM (FLAC, most WAV) cannot.
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
@@ -38,28 +37,15 @@ def _open(data: bytes) -> sf.SoundFile:
         raise AudioDecodeError(f"cannot read audio header: {err}") from None
 
 
-def audio_info(data: bytes) -> tuple[int, int]:
-    """(frames, sample_rate) read from the header only; AudioDecodeError if unreadable."""
-    with _open(data) as f:
-        return f.frames, f.samplerate
-
-
-@functools.lru_cache(maxsize=16)
-def _resampler(orig_sr: int, new_sr: int):
-    # Building the sinc kernel costs more than applying it to a short clip: cache it.
-    import torchaudio
-
-    return torchaudio.transforms.Resample(orig_sr, new_sr)
-
-
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Resample (..., T) float32 from orig_sr to new_sr (identity when equal)."""
     if orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     if orig_sr == new_sr:
         return wave
-    with torch.no_grad():
-        return _resampler(int(orig_sr), int(new_sr))(wave)
+    g = math.gcd(int(orig_sr), int(new_sr))
+    y = resample_poly(wave.numpy(), new_sr // g, orig_sr // g, axis=-1)
+    return torch.from_numpy(y.astype(np.float32, copy=False))
 
 
 def _read(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
@@ -83,17 +69,6 @@ def decode(data: bytes, *, sample_rate: int = 16000) -> torch.Tensor:
     return resample(torch.from_numpy(x), sr, sample_rate)
 
 
-def read_window(data: bytes, *, sample_rate: int, offset: int, length: int) -> torch.Tensor:
-    """Target-rate samples [offset, offset+length) of a file (fewer if it ends) -> (n,) float32.
-
-    Only the source frames covering the window (plus a resampler margin) are decoded. The read
-    starts on a frame where the source and target sample grids coincide, so the window equals
-    the same slice of the whole file resampled (up to float rounding).
-    """
-    with _open(data) as f:
-        return _window(f, sample_rate, offset, length)
-
-
 def _window(f: sf.SoundFile, sample_rate: int, offset: int, length: int) -> torch.Tensor:
     if offset < 0 or length <= 0:
         raise ValueError(f"need offset >= 0 and length > 0, got offset={offset}, length={length}")
@@ -102,39 +77,16 @@ def _window(f: sf.SoundFile, sample_rate: int, offset: int, length: int) -> torc
         return torch.from_numpy(_read(f, offset, length))
     g = math.gcd(sr, sample_rate)
     a, b = sr // g, sample_rate // g  # a source frames span exactly b target samples
-    blocks = max(0, offset - _RESAMPLE_MARGIN) // b
+    # Extra frames read around the window so the filter has real context at both edges:
+    # resample_poly's kernel reaches 10 * max(a, b) upsampled steps each side, i.e. at most
+    # 10 * max(a, b) / min(a, b) samples at either rate.
+    margin = 10 * max(a, b) // min(a, b) + 1
+    blocks = max(0, offset - margin) // b
     t0 = blocks * b  # target index of the first source frame read
-    n_src = math.ceil((offset + length - t0) * a / b) + _RESAMPLE_MARGIN
+    n_src = math.ceil((offset + length - t0) * a / b) + margin
     y = resample(torch.from_numpy(_read(f, blocks * a, n_src)), sr, sample_rate)
     total = math.ceil(frames * b / a)  # length of the whole file at the target rate
     return y[offset - t0 : min(offset + length, total) - t0]
-
-
-# soundfile's cffi binding of libsndfile (module-private names, present since soundfile 0.10);
-# (None, None) if a future soundfile drops them: _read_into then uses SoundFile.read.
-_LIBSNDFILE = getattr(sf, "_snd", None), getattr(sf, "_ffi", None)
-
-
-def _read_into(f: sf.SoundFile, buf: np.ndarray) -> int:
-    """Read up to len(buf) frames of a mono file, from its position, into `buf` -> frames read.
-
-    SoundFile.read() ends every read with a seek to the position it has reached, which
-    libsndfile turns into a real FLAC seek (a search plus a frame decode: ~70 us, some 7 % of
-    decoding a 4 s crop). A crop is its file's last read, so this makes the same libsndfile
-    call, sf_readf_float, without that seek; same samples, same errors
-    (tests/test_data_fastpath.py). Buffers it cannot fill directly go through read().
-    """
-    snd, ffi = _LIBSNDFILE
-    handle = getattr(f, "_file", None)
-    if snd is None or ffi is None or handle is None or buf.dtype != np.float32 \
-            or buf.ndim != 1 or not buf.flags.c_contiguous:
-        return len(f.read(dtype="float32", out=buf))
-    n = snd.sf_readf_float(handle, ffi.from_buffer("float[]", buf, require_writable=True),
-                           len(buf))
-    err = snd.sf_error(handle)
-    if err:
-        raise sf.LibsndfileError(err)
-    return n
 
 
 def crop_into(data: bytes, out: torch.Tensor, *, sample_rate: int, u: float | None) -> int:
@@ -156,7 +108,7 @@ def crop_into(data: bytes, out: torch.Tensor, *, sample_rate: int, u: float | No
             try:
                 if offset:
                     f.seek(offset)
-                n = _read_into(f, buf)
+                n = f.read(dtype="float32", out=buf).shape[0]
             except Exception as err:
                 raise AudioDecodeError(f"cannot decode audio: {err}") from None
             if f.subtype in _FLOAT_SUBTYPES and not np.isfinite(buf[:n]).all():

@@ -211,14 +211,6 @@ class TrainLoader(_Accounting):
         self.plan, self.num_workers = plan, num_workers
         self._init_accounting(plan.shard_set.root, max_corrupt_share)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps
-
-    @property
-    def start_step(self) -> int:
-        return self.plan.start_step
-
     def __len__(self) -> int:
         return self.plan.steps
 

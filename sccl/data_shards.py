@@ -3,7 +3,7 @@
 A shard directory (format in docs/design.md, written by `sccl-shards build`) holds
 `manifest.json` and tar shards. Everything sccl.data needs to plan an epoch comes from the
 manifest (per-shard sample counts and labels), so every rank plans the same epoch without
-reading any audio. Tars are read as webdataset groups them (sccl.data_tar).
+reading any audio. Tars are read with webdataset's own reader.
 
 Position model: the shards of one label group, concatenated in a seeded per-pass order and the
 passes repeated, form an infinite sequence of samples. A loader slot (one rank's one worker)
@@ -13,14 +13,14 @@ output needs are read past without being kept or decoded.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from sccl.data_tar import iter_samples
+from webdataset import tariterators
 
 LABELS = ("bonafide", "spoof")
 AUDIO_EXTS = ("flac", "wav")
@@ -152,25 +152,27 @@ def _check_counts(path: str, shards: list[Shard], counts: dict[str, int], split:
 
 
 def iter_shard(shard: Shard, first: int = 0, stop: int | None = None) -> Iterator[tuple[int, Item]]:
-    """Yield (index, Item) for samples first <= index < stop of one tar, in tar order.
+    """Yield (index, Item) for samples first <= index < stop of one tar, in tar order, as
+    webdataset groups its members (tar_file_expander + group_by_keys).
 
-    Samples before `first` are passed over without reading their data. A tar that cannot be
-    read further ends the iteration with one Item whose `error` says why (index = the first
-    sample not read).
+    Samples before `first` are read but neither kept nor decoded. A tar that cannot be read
+    further ends the iteration with one Item whose `error` says why (index = the first sample
+    not returned).
     """
-    name = os.path.basename(shard.path)
-    i = 0
+    name, i = os.path.basename(shard.path), first
     try:
-        for sample in iter_samples(shard.path, first):
-            if stop is not None and i >= stop:
-                return
-            if sample is not None:  # None: a sample before `first`, not read
+        with open(shard.path, "rb", buffering=1 << 20) as stream:
+            files = tariterators.tar_file_expander([{"url": shard.path, "stream": stream}])
+            for sample in itertools.islice(tariterators.group_by_keys(files), first, stop):
                 item = _to_item(sample, name)
                 item.group = shard.label
                 yield i, item
-            i += 1
+                i += 1
     except Exception as err:  # truncated/corrupt tar: report, never crash the epoch
-        yield i, Item(f"{name}#{i}", name, error=f"tar read error: {type(err).__name__}: {err}",
+        # webdataset appends " @ <stream>" to the message and (stream, url) to the args: the
+        # Item already names the shard, keep the message alone
+        why = str(err.args[0]).split(" @ <", 1)[0] if err.args else ""
+        yield i, Item(f"{name}#{i}", name, error=f"tar read error: {type(err).__name__}: {why}",
                       truncated=True)
 
 

@@ -266,6 +266,34 @@ def test_no_usable_sample_of_a_label_is_one_clear_error(tmp_path, workers):
     assert message.startswith(f"{tmp_path / 's'}: no usable spoof sample: ") and "\n" not in message
 
 
+@pytest.mark.parametrize("damage", ["cut_in_member", "bad_header"])
+def test_damaged_tar_keeps_samples_before_the_damage_and_names_the_rest(tmp_path, damage):
+    from sccl.data_shards import iter_shard, load_shard_set
+
+    write_shards(tmp_path / "s", n_bonafide=4, n_spoof=2, n_shards=(1, 1))
+    (shard,) = [s for s in load_shard_set(str(tmp_path / "s")).shards if s.label == "bonafide"]
+    first_two = [item.key for _, item in iter_shard(shard)][:2]
+    tar = tmp_path / "s" / "train-bonafide-000000.tar"
+    raw = bytearray(tar.read_bytes())
+    headers = [i for i in range(0, len(raw), 512) if raw[i + 257 : i + 262] == b"ustar"]
+    if damage == "cut_in_member":  # ends inside sample 3's audio (sample 2 is lost with it:
+        raw = raw[: headers[6] + 600]  # group_by_keys yields a sample when the next one starts)
+    else:  # sample 2's first header fails its checksum
+        raw[headers[4] + 3] ^= 0xFF
+    tar.write_bytes(bytes(raw))
+    items = [item for _, item in iter_shard(shard)]
+    assert [it.key for it in items[:2]] == first_two and not any(it.error for it in items[:2])
+    if damage == "cut_in_member":  # then one Item saying why, in one line
+        assert len(items) == 3 and items[2].truncated
+        assert items[2].error.startswith("tar read error: ReadError: unexpected end of data")
+        assert "\n" not in items[2].error and "BufferedReader" not in items[2].error
+    else:  # tarfile ends a stream at a bad header: the manifest's count tells what is missing
+        assert len(items) == 2
+    loader = build_train_loader(_cfg(str(tmp_path / "s"), batch_size=2, max_corrupt_share=1.0),
+                                rank=0, world_size=1, epoch=0)
+    assert len(list(loader)) == 4 and loader.corrupt_count >= 1  # missing ones replaced
+
+
 def test_attack_labels_follow_sorted_manifest_attacks(shard_dirs):
     cfg = _cfg(shard_dirs["split"], label_mode="attack", batch_size=8)
     manifest = json.loads((Path(shard_dirs["split"]) / "manifest.json").read_text())
