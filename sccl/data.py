@@ -29,6 +29,7 @@ import logging
 import math
 import signal
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -62,7 +63,7 @@ class DataConfig:
     """GLOBAL batch over all ranks; each rank gets batch_size // world_size (must divide)."""
     bonafide_share: float = 0.5
     """Share of bona fide rows in every rank batch: round(B * share), at least 1 of each label."""
-    label_mode: str = "binary"
+    label_mode: Literal["binary", "attack"] = "binary"
     """"binary" (1 = bona fide, 0 = spoof) or "attack" (0 = bona fide, 1..K = attacks in the
     training manifest's sorted attack order)."""
     num_workers: int = 2
@@ -82,7 +83,7 @@ class DataConfig:
     seed: int = 42
     """Base seed: shard order, shuffle buffers, crops and RawBoost derive from (seed, epoch,
     rank, worker/batch)."""
-    train_crop: str = "head"
+    train_crop: Literal["head", "random"] = "head"
     """Training crop: "head" = first crop_seconds (the study's code), or a "random" window."""
     min_clip_samples: int = 400
     """Clips with fewer real samples (after cropping) are too short for the encoder: training
@@ -92,6 +93,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            # Literal choices: the config parser checks them; these catch direct construction
             (self.label_mode in ("binary", "attack"), "label_mode must be 'binary' or 'attack'"),
             (self.train_crop in ("random", "head"), "train_crop must be 'random' or 'head'"),
             (0.0 < self.bonafide_share < 1.0, "bonafide_share must be in (0, 1)"),

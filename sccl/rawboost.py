@@ -34,30 +34,46 @@ import torch
 class RawBoostConfig:
     """RawBoost parameters; defaults are the study's (docs/study.md)."""
 
-    p: float = 0.7  # probability that an utterance is augmented at all
+    p: float = 0.7
+    """Probability that an utterance is augmented at all."""
     sample_rate: int = 16000
-    # Multi-band notch filters (shared by LnL and SSI).
-    n_bands: int = 5  # notch filters in each cascade
-    min_freq: float = 20.0  # centre frequency range, Hz
+    """Sample rate of the waves (Hz)."""
+    n_bands: int = 5
+    """Notch filters in each cascade of the multi-band filters (shared by LnL and SSI)."""
+    min_freq: float = 20.0
+    """Lowest centre frequency of a notch filter (Hz)."""
     max_freq: float = 8000.0
-    min_bw: float = 100.0  # bandwidth range, Hz
+    """Highest centre frequency of a notch filter (Hz)."""
+    min_bw: float = 100.0
+    """Smallest notch filter bandwidth (Hz)."""
     max_bw: float = 1000.0
-    min_coeff: int = 10  # FIR length range (made odd)
+    """Largest notch filter bandwidth (Hz)."""
+    min_coeff: int = 10
+    """Shortest FIR filter (taps; made odd)."""
     max_coeff: int = 100
-    min_gain_db: float = 0.0  # filter gain G range, dB
+    """Longest FIR filter (taps; made odd)."""
+    min_gain_db: float = 0.0
+    """Lowest filter gain G (dB)."""
     max_gain_db: float = 0.0
-    # LnL
-    n_f: int = 5  # polynomial order N_f: terms x, x^2, ..., x^N_f
-    min_bias_db: float = 5.0  # extra attenuation of the non-linear terms, dB
+    """Highest filter gain G (dB)."""
+    n_f: int = 5
+    """LnL: polynomial order N_f (terms x, x^2, ..., x^N_f)."""
+    min_bias_db: float = 5.0
+    """LnL: least extra attenuation of the non-linear terms (dB)."""
     max_bias_db: float = 20.0
-    # SSI
+    """LnL: most extra attenuation of the non-linear terms (dB)."""
     ssi_p: float = 0.5
-    snr_min: float = 10.0  # dB
+    """SSI: probability of adding filtered noise."""
+    snr_min: float = 10.0
+    """SSI: lowest signal-to-noise ratio (dB)."""
     snr_max: float = 40.0
-    # ISD
+    """SSI: highest signal-to-noise ratio (dB)."""
     isd_p: float = 0.5
-    isd_max_percent: float = 10.0  # P: at most this % of samples get impulses
+    """ISD: probability of adding impulsive noise."""
+    isd_max_percent: float = 10.0
+    """ISD: P, at most this % of samples get impulses."""
     isd_g_sd: float = 2.0
+    """ISD: scale of the impulses' amplitudes (g_sd)."""
 
     def __post_init__(self) -> None:
         for name in ("p", "ssi_p", "isd_p"):

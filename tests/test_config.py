@@ -29,10 +29,12 @@ class Inner:
 
     lr: float = 1e-3
     """Learning rate."""
-    steps: int = 10  # optimizer steps
-    name: str = "x"
-    # how similarities are computed
+    steps: int = 10
+    """Optimizer steps."""
+    name: str = "x"  # a comment is not documentation
     mode: Literal["cosine", "angular"] = "cosine"
+    """How similarities are
+    computed."""
     flag: bool = False
     maybe: int | None = None
     tags: list[str] = field(default_factory=list)
@@ -191,10 +193,22 @@ def test_help_lists_keys_types_defaults_and_docs(capsys):
     out = capsys.readouterr().out
     assert "usage: prog" in out
     assert "--inner.lr float (default 0.001)" in out and "Learning rate." in out
-    assert "--inner.mode {cosine,angular}" in out and "how similarities are computed" in out
+    assert "--inner.mode {cosine,angular}" in out and "How similarities are computed." in out
     assert "--run.mixed_precision {no,fp16,bf16} | null (default None)" in out
-    assert field_docs(Inner)["steps"] == "optimizer steps"
+    assert field_docs(Inner)["steps"] == "Optimizer steps."
+    assert "name" not in field_docs(Inner)
     assert "--run.dir str" in config_help(Top)
+
+
+def test_every_field_of_the_library_sections_has_a_docstring():
+    from dataclasses import fields
+
+    from sccl.data import DataConfig
+    from sccl.rawboost import RawBoostConfig
+
+    for cls in (DataConfig, RunConfig, RawBoostConfig):
+        docs = field_docs(cls)
+        assert [f.name for f in fields(cls) if not docs.get(f.name)] == [], cls.__name__
 
 
 def test_resolve_key_prefers_exact_and_unique_names():
