@@ -36,7 +36,8 @@ def test_packaged_stage1_config_sets_what_the_demo_relies_on():
     assert raw["model"]["encoder"] == "tiny"
     assert {"mask_time_prob", "mask_feature_prob"} <= set(raw["model"])
     assert {"crop_seconds", "rawboost", "batch_size", "label_mode"} <= set(raw["data"])
-    assert raw["optim"]["clip_scope"] == "all" and raw["loss"]["gather_batch"] is True
+    assert raw["optim"]["clip_scope"] == "all" and raw["optim"]["scheduler"] == "cosine"
+    assert raw["loss"]["gather_batch"] is True
 
 
 def test_plan_lists_every_step(tmp_path):
