@@ -192,7 +192,8 @@ def supcon_loss(
 
     z (B, D) L2-normalised, labels (B,) int; arguments as ``supcon_loss_terms``. A batch in
     which no anchor has a positive gives 0, still connected to the graph (zero gradients),
-    so every rank can call backward. No host synchronisation."""
+    so every rank can call backward. The loss itself needs no host synchronisation; with
+    ``contrast_z`` the argument check does one (``torch.equal`` of the anchors' labels)."""
     per_anchor, valid = supcon_loss_terms(
         z,
         labels,

@@ -54,8 +54,9 @@ class _HashingWriter:
 
 
 def file_mode() -> int:
-    """0666 less the umask: what ``open()`` would give. atomic_open's temporaries are 0600,
-    which would hide shards from the other users of a shared dataset directory."""
+    """0666 less the umask: the mode ``open()`` gives a new file. (sccl.fileio.atomic_open
+    already gives its temporaries this mode, so shards are readable by the other users of a
+    shared dataset directory without a chmod of their own.)"""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask

