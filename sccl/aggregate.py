@@ -13,6 +13,11 @@ into each EER and how sets are combined:
 - mean EER: the arithmetic mean of the per-set EERs.
 The study's text does not define "pooled EER", so both are reported, named as such.
 
+Detection costs (``sccl.dcf``; ASVspoof 5 and ASVspoof 2019/2021 conventions): min DCF of the
+scores, act DCF and Cllr of the scores mapped to log-likelihood ratios, and the min t-DCF table
+of a set in tandem with the official ASV scores (``min_tdcf_table``: which CM and ASV trials
+enter each cell, as the ASVspoof 2021 package selects them).
+
 Bootstrap CIs resample trials with replacement within each class (class counts kept): per
 set with ``sccl.metrics.bootstrap_eer_ci``; for the pooled and mean EERs every set is resampled
 independently in the same way and both numbers are recomputed from the same replicate.
@@ -24,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sccl.asv import AsvScores
+from sccl.dcf import act_dcf, cllr, min_dcf, min_tdcf
 from sccl.metrics import bootstrap_eer_ci, class_counts, compute_eer, replicate_eer, walk_order
 
 
@@ -188,3 +195,53 @@ def summarise(sets: list[Trials], *, conditions: dict[str, list[str]] | None = N
         "bootstrap": {"replicates": n_boot, "seed": seed, "level": level,
                       "scheme": "resampled within each class of each set"},
     }
+
+
+POOLED = "Pooled"  # the official packages' name for the row / column over every condition
+
+
+def detection_costs(t: Trials, llr_maps: dict[str, tuple[float, float]]) -> dict:
+    """{"min_dcf": .., "act_dcf<suffix>": .., "cllr<suffix>": ..} of a checked set; each
+    ``llr_maps`` item suffix -> (scale, offset) maps scores to LLRs, scale * score + offset."""
+    bona, spoof = t.scores[t.bonafide], t.scores[~t.bonafide]
+    out = {"min_dcf": min_dcf(bona, spoof)}
+    for suffix, (a, b) in llr_maps.items():
+        out[f"act_dcf{suffix}"] = act_dcf(a * bona + b, a * spoof + b)
+        out[f"cllr{suffix}"] = cllr(a * bona + b, a * spoof + b)
+    return out
+
+
+def min_tdcf_table(t: Trials, asv: AsvScores, subset: str | None) -> dict:
+    """Normalised min t-DCF of a set with the ASV scores ``asv``, tabulated like the official
+    package: a row per attack (its spoof trials; the ASV spoof trials of that attack) and
+    Pooled; for a 2021 file a column per codec (CM and ASV trials of that codec) and Pooled,
+    for a 2019 file (legacy t-DCF) the Pooled column only. ``subset`` selects the 2021 ASV
+    trials (None = all). A cell without trials of some class is None; the Pooled cell must be
+    defined (TrialError otherwise)."""
+    legacy = asv.edition == 2019
+    codec = None if legacy else t.conditions.get("codec")
+    every = np.ones(len(t.keys), dtype=bool)
+    columns = ([] if codec is None else sorted(set(codec.tolist()), key=str)) + [POOLED]
+    table: dict[str, dict] = {}
+    for attack in [*sorted(set(t.attacks[~t.bonafide].tolist())), POOLED]:
+        is_attack = every if attack == POOLED else t.attacks == attack
+        table[attack] = {}
+        for c in columns:
+            in_c = every if c == POOLED else codec == c
+            rates = asv.trials(attack=None if attack == POOLED else attack,
+                               codec=None if c == POOLED else c, subset=subset)
+            try:
+                value = min_tdcf(t.scores[t.bonafide & in_c], t.scores[~t.bonafide & is_attack
+                                                                       & in_c],
+                                 *rates, legacy=legacy)
+            except ValueError as err:
+                if attack == c == POOLED:
+                    raise TrialError(f"set {t.name!r}, ASV scores {asv.path}: {err}") from None
+                value = float("nan")
+            table[attack][c] = None if np.isnan(value) else value
+    if table[POOLED][POOLED] is None:
+        raise TrialError(f"set {t.name!r}: no min t-DCF with {asv.path} (subset {subset}): "
+                         "it lacks target, nontarget or spoof trials")
+    return {"pooled": table[POOLED][POOLED], "asv_scores": asv.path, "asv_subset": subset,
+            "formulation": "ASVspoof 2019 (legacy)" if legacy else "ASVspoof 2021 (revised)",
+            "table": table}

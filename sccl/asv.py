@@ -38,9 +38,11 @@ class AsvScoreError(ValueError):
 @dataclass(frozen=True)
 class AsvScores:
     """ASV trials, each (N,): score, key (target/nontarget/spoof), attack ("bonafide" for
-    target and nontarget trials), codec and subset ("-" where the file has none)."""
+    target and nontarget trials), codec and subset ("-" where the file has none). ``edition``:
+    2019 (its t-DCF is the legacy one) or 2021 (the revised one)."""
 
     path: str
+    edition: int
     scores: np.ndarray
     keys: np.ndarray
     attacks: np.ndarray
@@ -93,12 +95,12 @@ def _key(path, lineno, cols, key: str) -> str:
     return key
 
 
-def _make(path, scores, keys, attacks, codecs, subsets) -> AsvScores:
+def _make(path, edition, scores, keys, attacks, codecs, subsets) -> AsvScores:
     if not scores:
         raise AsvScoreError(f"{path}: no ASV trials")
     obj = lambda v: np.array(v, dtype=object)  # noqa: E731
-    return AsvScores(str(path), np.array(scores, dtype=np.float64), obj(keys), obj(attacks),
-                     obj(codecs), obj(subsets))
+    return AsvScores(str(path), edition, np.array(scores, dtype=np.float64), obj(keys),
+                     obj(attacks), obj(codecs), obj(subsets))
 
 
 def read_asv2019(path: str | Path) -> AsvScores:
@@ -113,7 +115,7 @@ def read_asv2019(path: str | Path) -> AsvScores:
         attacks.append(cols[-3])
         scores.append(_score(path, lineno, cols, cols[-1]))
     n = len(scores)
-    return _make(path, scores, keys, attacks, ["-"] * n, ["-"] * n)
+    return _make(path, 2019, scores, keys, attacks, ["-"] * n, ["-"] * n)
 
 
 def read_asv2021(directory: str | Path) -> AsvScores:
@@ -138,7 +140,7 @@ def read_asv2021(directory: str | Path) -> AsvScores:
         out["attacks"].append(m[4])
         out["codecs"].append(m[2])
         out["subsets"].append(m[7])
-    return _make(score_path, **out)
+    return _make(score_path, 2021, **out)
 
 
 def read_asv_scores(path: str | Path) -> AsvScores:

@@ -10,12 +10,25 @@ shard metadata (missing or duplicate trials, NaN scores and one-class sets are e
 writes RUN/eval/:
     scores/<set>.txt     ``trial_id score`` for every trial of the shard dir (rewritten whole)
     results.json         per-set EER (+ per attack, per codec for 2021), pooled and mean EER,
-                         bootstrap CIs, contamination warnings
-    results.md           the study's table (LA19 / ITW / LA21 / DF21 / pooled / mean, %)
+                         bootstrap CIs, min DCF, act DCF and Cllr (of LLRs: logit minus the
+                         training prior log-odds, and calibrated where the run has a
+                         calibration), min t-DCF tables for sets given ASV scores,
+                         contamination warnings
+    results.md           the study's table (LA19 / ITW / LA21 / DF21 / pooled / mean, %), the
+                         detection-cost table, per-set breakdowns
     plots/det.png, plots/hist.png, plots/tsne.png
     config.yaml, run_info.json
 ASVspoof 2021 sets are scored in full; ``eval.subset`` picks the trials (metadata ``subset``:
-eval / progress / hidden_track, or all) that enter the EERs. Exit codes: 0 done, 2 bad input.
+eval / progress / hidden_track, or all) that enter the EERs.
+
+Detection costs (``sccl.dcf`` states the formulas; ``sccl.linear`` the LLR and calibration):
+``--eval.asv_scores la19=PATH,la21=PATH`` names the official ASV scores of a set: the ASVspoof
+2019 LA ``ASVspoof2019.LA.asv.eval.gi.trl.scores.txt`` gives the legacy 2019 min t-DCF per
+attack and pooled; the ASVspoof 2021 ``keys/LA/ASV`` directory the revised min t-DCF per
+attack x codec and pooled, on the ASV trials of ``eval.subset``, as the 2021 package does.
+``--eval.calibrate dev`` fits the affine LLR calibration on Stage 2's dev embeddings and stores
+it in RUN/stage2/calibration.json (RUN/export is rewritten to carry it); every evaluation then
+reports act DCF and Cllr before and after it. Exit codes: 0 done, 2 bad input.
 
 Calls accumulate: each call adds its sets to results.json (a set scored again replaces its
 earlier entry), and pooled / mean EER, CIs, breakdowns, DET curves and histograms are
@@ -33,12 +46,15 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from sccl import runtime as rt
-from sccl.aggregate import TrialError, Trials, summarise
-from sccl.config import ConfigError, parse_config
+from sccl.accel import build_accelerator
+from sccl.aggregate import TrialError, Trials, detection_costs, min_tdcf_table, summarise
+from sccl.asv import AsvScoreError, AsvScores, read_asv_scores
+from sccl.checkpoint import StageClaim
+from sccl.config import ConfigError, parse_config, report_input_error
 from sccl.contamination import contamination_report, training_sources, warn
 from sccl.data import ShardDirError
 from sccl.embed import (
@@ -46,10 +62,19 @@ from sccl.embed import (
     EmbedOptions,
     collect,
     embed_share,
-    make_accelerator,
     read_shard_metadata,
 )
-from sccl.linear import CLASSIFIER, RunMismatchError, file_sha256, linear_scores, load_stage2
+from sccl.fileio import file_sha256
+from sccl.linear import (
+    CLASSIFIER,
+    RunMismatchError,
+    calibrate_on_dev,
+    linear_scores,
+    llr_map,
+    load_stage2,
+    stage1_data_config,
+)
+from sccl.logs import StagePaths, record_run
 from sccl.model import ModelLoadError, SupConModel
 from sccl.results import (
     ScoreFileError,
@@ -62,7 +87,6 @@ from sccl.results import (
     write_results,
     write_score_file,
 )
-from sccl.train_linear import stage1_data_config
 
 SUBSETS = ("eval", "progress", "hidden_track", "all")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -91,6 +115,13 @@ class EvalSetsConfig:
     num_workers: int = -1  # loader workers per rank (-1 = Stage 1's data.num_workers)
     fresh: bool = False
     """Forget the sets of earlier calls (by default a call adds its sets to results.json)."""
+    asv_scores: list[str] = field(default_factory=list)
+    """Official ASV scores for the min t-DCF of a set, as name=PATH (comma-separated), e.g.
+    la19=LA/ASVspoof2019_LA_asv_scores/ASVspoof2019.LA.asv.eval.gi.trl.scores.txt,
+    la21=keys/LA/ASV; a set without them has no t-DCF."""
+    calibrate: Literal["none", "dev"] = "none"
+    """dev: fit the LLR calibration on Stage 2's dev embeddings and store it in the run
+    (used by later evaluations and sccl-score); none: use the stored one, if any."""
 
     def __post_init__(self) -> None:
         if self.subset not in SUBSETS:
@@ -124,6 +155,18 @@ def parse_sets(specs: list[str]) -> list[tuple[str, str]]:
         if name in [n for n, _ in out]:
             raise ConfigError(f"eval.sets: set name {name!r} given twice")
         out.append((name, path))
+    return out
+
+
+def parse_asv(specs: list[str], names: list[str]) -> dict[str, AsvScores]:
+    """{set name: its ASV scores} from ``name=PATH`` items; each name one of ``names``."""
+    out = {}
+    for spec in specs:
+        name, eq, path = spec.partition("=")
+        if not eq or name not in names:
+            raise ConfigError(f"eval.asv_scores: {spec!r} must be NAME=PATH with NAME one of "
+                              f"the sets scored now ({', '.join(names)})")
+        out[name] = read_asv_scores(path)
     return out
 
 
@@ -219,14 +262,15 @@ def run_eval(cfg: EvalConfig) -> int:
         raise ConfigError("run.dir is required (a run directory with stage1/ and stage2/)")
     run = Path(cfg.run.dir)
     sets = parse_sets(cfg.eval.sets)
+    asv = parse_asv(cfg.eval.asv_scores, [n for n, _ in sets])
     meta, weight, bias, thr = load_stage2(run)  # checks Stage 2 against Stage 1 (sha256)
     data_cfg = stage1_data_config(run, workers=cfg.eval.num_workers)
-    paths = rt.StagePaths(run, "eval")
-    accelerator = make_accelerator()
+    paths = StagePaths(run, "eval")
+    accelerator = build_accelerator()
     # One evaluation at a time per run: a second one would merge into results.json unseen.
-    claim = rt.StageClaim(accelerator, paths, "evaluation", None)  # exits 2 if in use
+    claim = StageClaim(accelerator, paths, "evaluation", None)  # exits 2 if in use
     try:
-        rt.record_run(accelerator, cfg, paths, None, stage="evaluation")
+        record_run(accelerator, cfg, paths, None, stage="evaluation")
         model = SupConModel.from_pretrained(run / "stage1" / meta.get("stage1_which", "best"))
         model = model.to(accelerator.device).eval().requires_grad_(False)
         scored = {}
@@ -236,15 +280,57 @@ def run_eval(cfg: EvalConfig) -> int:
         if accelerator.is_main_process:
             model_id = {"stage1_weights_sha256": meta["stage1_weights_sha256"],
                         "classifier_sha256": file_sha256(run / "stage2" / CLASSIFIER)}
-            report(cfg, run, paths.dir, dict(sets), scored, meta, thr, data_cfg, model_id)
+            if cfg.eval.calibrate == "dev":
+                calibrate(run, meta, weight, bias)
+            report(cfg, run, paths.dir, dict(sets), scored, meta, thr, data_cfg, model_id, asv)
     finally:
         claim.release()
     accelerator.end_training()
     return 0
 
 
+def calibrate(run: Path, meta: dict, weight, bias) -> None:
+    """Fit and store the LLR calibration; rewrite RUN/export so that it carries it."""
+    from sccl.scoring import CONFIG, export_run
+
+    cal = calibrate_on_dev(run, meta, weight, bias)
+    print(f"calibration on {cal['fitted_on']['bonafide']} + {cal['fitted_on']['spoof']} dev "
+          f"trials: LLR -> {cal['scale']:.4g} LLR + {cal['offset']:.4g}; dev Cllr "
+          f"{cal['dev_cllr']['before']:.4f} -> {cal['dev_cllr']['after']:.4f} bits", flush=True)
+    if (run / "export" / CONFIG).is_file():
+        print(f"rewrote {export_run(run)} with the calibration", flush=True)
+
+
+def add_costs(res: dict, everything: dict, run: Path, meta: dict, asv: dict, entries: dict
+              ) -> list[str]:
+    """min/act DCF and Cllr of every set, min t-DCF tables where ASV scores are given (this
+    call's, or the files earlier calls used); notes on earlier ASV files now unreadable."""
+    raw, cal = llr_map(run, meta)
+    maps = {"": raw, **({"_calibrated": cal} if cal else {})}
+    notes = []
+    for name, entry in entries.items():
+        path = (entry.get("min_tdcf") or {}).get("asv_scores")
+        if path and name not in asv:
+            try:
+                asv[name] = read_asv_scores(path)
+            except AsvScoreError as err:
+                notes.append(f"set {name!r}: no min t-DCF: {err}")
+    for name, x in everything.items():
+        out = res["sets"][name]
+        out.update(dataset=x.metas[0].get("dataset") if x.metas else None,
+                   **detection_costs(x.trials, maps))
+        if name in asv:
+            subset = x.subset if x.subset not in (None, "all") else None
+            out["min_tdcf"] = min_tdcf_table(x.trials, asv[name], subset)
+    res["llr"] = {"prior_log_odds": -raw[1],
+                  "calibration": {"scale": cal[0], "offset": cal[1]} if cal else None,
+                  "definition": "LLR = logit - prior_log_odds; calibrated LLR = scale * logit "
+                                "+ offset (RUN/stage2/calibration.json)"}
+    return notes
+
+
 def report(cfg: EvalConfig, run: Path, eval_dir: Path, sets: dict[str, str], scored: dict,
-           meta: dict, thr: dict, data_cfg, model_id: dict) -> None:
+           meta: dict, thr: dict, data_cfg, model_id: dict, asv: dict) -> None:
     """Main process: merge with earlier calls' sets, metrics, contamination guard, score
     files, plots, results.json/md (written last), stale files removed; print the table."""
     old, entries, notes = ({}, {}, []) if cfg.eval.fresh else \
@@ -264,6 +350,8 @@ def report(cfg: EvalConfig, run: Path, eval_dir: Path, sets: dict[str, str], sco
     for name, entry in entries.items():
         res["sets"][name].update({k: entry.get(k) for k in (
             "shard_dir", "subset", "score_file", "embed", "manifest_sha256")})
+    for note in add_costs(res, everything, run, meta, asv, entries):
+        print(f"note: {note}", file=sys.stderr, flush=True)
     sources = training_sources(data_cfg, meta)
     res["contamination"] = contamination_report({n: x.metas for n, x in everything.items()},
                                                 sources)
@@ -287,7 +375,7 @@ def make_plots(cfg: EvalConfig, eval_dir: Path, trials: list[Trials], res: dict,
     out: dict[str, str] = {}
     plots = eval_dir / "plots"
     if cfg.eval.plots:
-        plot_det(trials, plots / "det.png", {n: s["eer"] for n, s in res["sets"].items()})
+        plot_det(trials, plots / "det.png", res["sets"])
         plot_histograms(trials, plots / "hist.png",
                         {n: s["threshold"] for n, s in res["sets"].items()})
         out.update(det="plots/det.png", histograms="plots/hist.png")
@@ -319,9 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_eval(parse_config(EvalConfig, argv, prog="python -m sccl.evaluate"))
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError,
-            TrialError, ScoreFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            TrialError, ScoreFileError, AsvScoreError) as e:
+        return report_input_error(e)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,18 @@
 Pure pieces used by ``sccl/train_linear.py`` (training), ``sccl/evaluate.py`` and
 ``sccl/scoring.py`` (loading): no process group, no data loader.
 
+Scores and LLRs. The classifier's logit s is a log-odds under the training class balance:
+BCEWithLogits with pos_weight w on n_b bona fide and n_s spoof embeddings is minimised, per
+input x, by sigmoid(s) = w n_b p(x|bona) / (w n_b p(x|bona) + n_s p(x|spoof)), so
+    s = log p(x|bona) / p(x|spoof) + log(w n_b / n_s):
+the log-likelihood ratio is LLR = s - log(w n_b / n_s) (``prior_log_odds``; 0 for the default
+w = n_s / n_b). ``sccl.evaluate --eval.calibrate dev`` fits an affine map a LLR + b on the dev
+embeddings' LLRs by prior-weighted logistic regression at the effective prior 0.5 (each class
+weighted by 1 / its count, no prior offset: the objective is the dev Cllr, in nats) with a
+1e-6 ridge, so that separable dev scores give a large but finite slope
+(``fit_calibration``); it is stored as calibration.json with its provenance and used by
+evaluation (act DCF / Cllr "calibrated") and by ``sccl-score`` / ``SpoofDetector``.
+
 RUN/stage2/ layout:
     config.yaml              resolved Stage 2 config (loadable with --config), git revision on top
     run_info.json            command line, world size, versions
@@ -10,6 +22,8 @@ RUN/stage2/ layout:
                              (1 = bona fide); metadata: keys (JSON list), fingerprint (JSON)
     classifier.safetensors   "weight" (1, D), "bias" (1,) of Linear(D, 1)
     threshold.json           dev EER threshold (bona fide if score > threshold), dev EER, epoch
+    calibration.json         (after ``sccl.evaluate --eval.calibrate dev``) LLR map scale,
+                             offset, how and on what it was fitted, the classifier's sha256
     meta.json                Stage 1 weights' sha256 (checked by every consumer), counts,
                              pos_weight, embedding options, best epoch
     log.jsonl                one line per epoch: train loss, dev loss, dev EER
@@ -17,6 +31,7 @@ RUN/stage2/ layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -28,15 +43,17 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from sccl.fileio import (
-    atomic_write_bytes,
-    file_sha256,  # noqa: F401  (re-exported: Stage 2 and its tests use it)
-)
+from sccl.config import ConfigError, from_dict, read_config_file
+from sccl.data import DataConfig
+from sccl.dcf import cllr
+from sccl.embed import EmbedOptions
+from sccl.fileio import atomic_write_bytes, atomic_write_json, file_sha256
 from sccl.metrics import compute_eer
 
 CLASSIFIER = "classifier.safetensors"
 THRESHOLD = "threshold.json"
 META = "meta.json"
+CALIBRATION = "calibration.json"
 
 
 class RunMismatchError(RuntimeError):
@@ -145,9 +162,8 @@ def save_classifier(stage2: Path, result: LinearResult, meta: dict) -> None:
     """Write classifier.safetensors, threshold.json and meta.json atomically (meta last)."""
     blob = safetensors_save({"weight": result.weight.contiguous(), "bias": result.bias},
                             metadata={"stage1_weights_sha256": meta["stage1_weights_sha256"]})
+    (stage2 / CALIBRATION).unlink(missing_ok=True)  # fitted to the classifier replaced now
     atomic_write_bytes(stage2 / CLASSIFIER, blob)
-    from sccl.fileio import atomic_write_json
-
     atomic_write_json(stage2 / THRESHOLD, {
         "threshold": result.threshold, "dev_eer": result.dev_eer, "epoch": result.best_epoch,
         "rule": "bona fide if score > threshold (score = logit, higher = bona fide)"})
@@ -182,3 +198,129 @@ def load_stage2(run: Path) -> tuple[dict, torch.Tensor, torch.Tensor, dict]:
         weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
     thr = json.loads((stage2 / THRESHOLD).read_text(encoding="utf-8"))
     return meta, weight, bias, thr
+
+
+def stage1_data_config(run: Path, train: str = "", dev: str = "", workers: int = -1,
+                       need: tuple[str, ...] = ()) -> DataConfig:
+    """Stage 1's DataConfig (RUN/stage1/config.yaml), with shard dirs / workers overridden.
+    Each field named in ``need`` must be a shard directory; the error names where its value
+    came from (the config file, or the command line)."""
+    path = run / "stage1" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; --run.dir must be a run directory with Stage 1")
+    data, lines = read_config_file(path)
+    cfg = from_dict(DataConfig, data.get("data") or {}, source=str(path),
+                    lines={k[len("data."):]: v for k, v in lines.items()})
+    changes = {"train_shards": train or cfg.train_shards, "dev_shards": dev or cfg.dev_shards}
+    if workers >= 0:
+        changes["num_workers"] = workers
+    for name in need:
+        value, given = changes[name], {"train_shards": train, "dev_shards": dev}[name]
+        if not value or not (Path(value) / "manifest.json").is_file():
+            where = f"--data.{name}" if given else f"data.{name} in {path}"
+            raise ConfigError(f"{where}: {value!r} is not a shard directory (no manifest.json)")
+    return dataclasses.replace(cfg, **changes)
+
+
+# ------------------------------------------------------------------------ embedding cache
+
+
+def fingerprint(shard_dir: str, weights_sha: str, opts: EmbedOptions, sample_rate: int) -> dict:
+    """What decides a cached embedding file's content (batch size does not)."""
+    return {"stage1_weights_sha256": weights_sha, "shard_dir": str(Path(shard_dir).resolve()),
+            "manifest_sha256": file_sha256(Path(shard_dir) / "manifest.json"),
+            "crop": opts.crop, "seconds": opts.seconds, "hop_seconds": opts.hop_seconds,
+            "bf16": opts.bf16, "sample_rate": sample_rate}
+
+
+def load_cache(path: Path, expect: dict) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(z (N, D), label (N,), keys) if ``path`` holds embeddings with fingerprint ``expect``."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if json.loads(meta.get("fingerprint", "{}")) != expect:
+                return None
+            return f.get_tensor("z"), f.get_tensor("label"), json.loads(meta["keys"])
+    except Exception:  # a damaged cache is recomputed, never trusted
+        return None
+
+
+def save_cache(path: Path, z: np.ndarray, label: np.ndarray, keys: list[str], fp: dict) -> None:
+    blob = safetensors_save({"z": torch.from_numpy(z), "label": torch.from_numpy(label)},
+                            metadata={"keys": json.dumps(keys), "fingerprint": json.dumps(fp)})
+    atomic_write_bytes(path, blob)
+
+
+# ------------------------------------------------------------------------ LLRs, calibration
+
+
+def prior_log_odds(meta: dict) -> float:
+    """log(pos_weight n_bona / n_spoof) of Stage 2's training set: logit - this = LLR."""
+    counts = meta["train_counts"]
+    return math.log(meta["pos_weight"] * counts["bonafide"] / counts["spoof"])
+
+
+def fit_calibration(bona: np.ndarray, spoof: np.ndarray, ridge: float = 1e-6
+                    ) -> tuple[float, float]:
+    """(a, b) minimising the prior-weighted (0.5) logistic loss of a x + b (module docstring)."""
+    from scipy.optimize import minimize
+
+    x = np.r_[bona, spoof]
+    sign = np.r_[np.ones(bona.size), -np.ones(spoof.size)]  # +1 bona fide: loss log(1+e^-s)
+    w = np.r_[np.full(bona.size, 0.5 / bona.size), np.full(spoof.size, 0.5 / spoof.size)]
+
+    def loss(theta):
+        m = sign * (theta[0] * x + theta[1])  # (N,) margins
+        g = -w * sign / (1.0 + np.exp(np.clip(m, -700, 700)))  # d loss / d s
+        value = np.sum(w * np.logaddexp(0.0, -m)) + 0.5 * ridge * theta @ theta
+        return value, np.array([g @ x, g.sum()]) + ridge * theta
+
+    fit = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B",
+                   options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 500})
+    return float(fit.x[0]), float(fit.x[1])
+
+
+def calibrate_on_dev(run: Path, meta: dict, weight: torch.Tensor, bias: torch.Tensor) -> dict:
+    """Fit the LLR calibration on RUN/stage2's cached dev embeddings; write calibration.json."""
+    stage2 = Path(run) / "stage2"
+    cache = stage2 / "embeddings" / "dev.safetensors"
+    expect = fingerprint(meta["dev_shards"], meta["stage1_weights_sha256"],
+                         EmbedOptions(**meta["embed"]), meta["sample_rate"])
+    found = load_cache(cache, expect)
+    if found is None:
+        raise RunMismatchError(f"{cache}: missing or not the dev embeddings of this Stage 2 "
+                               "(eval.calibrate dev needs them); rerun Stage 2")
+    z, label, _ = found
+    llr = linear_scores(z, weight, bias) - prior_log_odds(meta)
+    bona, spoof = llr[label == 1], llr[label == 0]
+    scale, offset = fit_calibration(bona, spoof)
+    cal = {"scale": scale, "offset": offset, "prior_log_odds": prior_log_odds(meta),
+           "map": "calibrated LLR = scale * (logit - prior_log_odds) + offset",
+           "method": "prior-weighted logistic regression, effective prior 0.5, ridge 1e-6",
+           "fitted_on": {"embeddings": str(cache), "sha256": file_sha256(cache),
+                         "dev_shards": meta["dev_shards"], "bonafide": int(bona.size),
+                         "spoof": int(spoof.size)},
+           "dev_cllr": {"before": cllr(bona, spoof),
+                        "after": cllr(scale * bona + offset, scale * spoof + offset)},
+           "classifier_sha256": file_sha256(stage2 / CLASSIFIER),
+           "stage1_weights_sha256": meta["stage1_weights_sha256"]}
+    atomic_write_json(stage2 / CALIBRATION, cal)
+    return cal
+
+
+def llr_map(run: Path, meta: dict) -> tuple[tuple[float, float], tuple[float, float] | None]:
+    """((1, -prior log-odds), calibrated (scale, offset) or None): affine maps from the
+    logit to the LLR, the second from RUN/stage2/calibration.json when it belongs to the
+    classifier (RunMismatchError when it does not)."""
+    stage2 = Path(run) / "stage2"
+    raw = (1.0, -prior_log_odds(meta))
+    if not (stage2 / CALIBRATION).is_file():
+        return raw, None
+    cal = json.loads((stage2 / CALIBRATION).read_text(encoding="utf-8"))
+    if cal.get("classifier_sha256") != file_sha256(stage2 / CLASSIFIER):
+        raise RunMismatchError(f"{stage2 / CALIBRATION} was fitted to another classifier; "
+                               "refit it (sccl.evaluate --eval.calibrate dev) or delete it")
+    a, b = float(cal["scale"]), float(cal["offset"])
+    return raw, (a, b - a * cal["prior_log_odds"])

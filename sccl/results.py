@@ -5,7 +5,9 @@
   rerun cannot leave stale or doubled lines.
 - results.md lays the headline numbers out like the study (one row per run; columns LA19 /
   ITW / LA21 / DF21 / pooled / mean, EER in %); ``results_table`` takes several runs so a
-  report over a grid of runs can reuse it.
+  report over a grid of runs can reuse it. Then the detection costs, one row per set, in the
+  columns of the ASVspoof 5 package (min DCF, act DCF, Cllr, EER) plus min t-DCF, and per set
+  the min t-DCF table (attack x codec, as the ASVspoof 2021 package prints it).
 - Plots use matplotlib's Agg backend (no display on cluster nodes): DET curves of every set,
   score histograms per class, a t-SNE picture of a subsample of eval embeddings.
 - ``remove_stale`` deletes the score files and plots results.json no longer refers to.
@@ -106,6 +108,38 @@ def _ci_text(ci: list[float] | None) -> str:
     return "" if ci is None else f" [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.4f}"
+
+
+def costs_table(res: dict) -> str:
+    """Markdown, one row per set: EER %, min DCF, act DCF, Cllr (bits), the calibrated act DCF
+    and Cllr where the run has a calibration, pooled min t-DCF where ASV scores were given."""
+    cal = any("cllr_calibrated" in e for e in res["sets"].values())
+    keys = ["min_dcf", "act_dcf", "cllr"] + (["act_dcf_calibrated", "cllr_calibrated"] if cal
+                                             else [])
+    head = ["set", "EER %", "minDCF", "actDCF", "Cllr"] + (["actDCF cal.", "Cllr cal."] if cal
+                                                           else []) + ["min t-DCF"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in ordered_sets(list(res["sets"])):
+        e = res["sets"][name]
+        cells = [display_name(name), _pct(e["eer"]), *[_num(e.get(k)) for k in keys],
+                 _num((e.get("min_tdcf") or {}).get("pooled"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tdcf_md(t: dict) -> list[str]:
+    """The min t-DCF table of one set: a row per attack and Pooled, a column per codec."""
+    cols = list(t["table"][next(iter(t["table"]))])
+    out = [f"min t-DCF, {t['formulation']}, ASV scores `{t['asv_scores']}`"
+           + (f" (subset {t['asv_subset']})" if t.get("asv_subset") else "") + ":", "",
+           "| attack | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    out += [f"| {a} | " + " | ".join(_num(row[c]) for c in cols) + " |"
+            for a, row in t["table"].items()]
+    return out + [""]
+
+
 def _breakdown_md(name: str, entry: dict) -> list[str]:
     """Per-attack (and per-condition) EER tables of one set. An attack's EER pits its spoof
     trials against every bona fide trial of the set; a condition's (codec) only those
@@ -131,7 +165,7 @@ def _breakdown_md(name: str, entry: dict) -> list[str]:
         out.append("")
     if flagged:
         out += [f"small: fewer than {SMALL} trials of a class; that EER is coarse.", ""]
-    return out
+    return out + (_tdcf_md(entry["min_tdcf"]) if entry.get("min_tdcf") else [])
 
 
 def results_markdown(run_name: str, res: dict) -> str:
@@ -143,6 +177,12 @@ def results_markdown(run_name: str, res: dict) -> str:
     lines = [f"# Results: {run_name}", "", results_table([(run_name, res)], cis=True),
              f"EER in %. pooled = {res['pooled_eer']['definition']}; "
              f"mean = {res['mean_eer']['definition']}. {ci_note}", ""]
+    if "min_dcf" in next(iter(res["sets"].values())):
+        llr = res.get("llr", {})
+        lines += ["## Detection costs", "", costs_table(res),
+                  "minDCF, actDCF: normalised, Pspoof 0.05, Cmiss 1, Cfa 10 (ASVspoof 5); "
+                  "actDCF and Cllr (bits) read the scores as LLRs: "
+                  f"{llr.get('definition', '')}. min t-DCF: sccl/dcf.py.", ""]
     for warning in res.get("contamination", []):
         lines += [f"**WARNING (contamination)**: {warning['message']}", ""]
     for name in ordered_sets(list(res["sets"])):
@@ -181,9 +221,18 @@ def _pyplot():
     return plt
 
 
-def plot_det(sets: Sequence[Trials], path: Path, eers: dict[str, float]) -> None:
+def det_label(name: str, entry: dict) -> str:
+    """'LA19 (EER 1.23 %, minDCF 0.0456, min t-DCF 0.0789)', with what the entry has."""
+    extra = [f"minDCF {entry['min_dcf']:.4f}"] if "min_dcf" in entry else []
+    if entry.get("min_tdcf"):
+        extra.append(f"min t-DCF {entry['min_tdcf']['pooled']:.4f}")
+    return f"{display_name(name)} (" + ", ".join([f"EER {_pct(entry['eer'])} %", *extra]) + ")"
+
+
+def plot_det(sets: Sequence[Trials], path: Path, entries: dict[str, dict]) -> None:
     """DET curves (normal-deviate axes, 0.1 % to 99.9 %, ticks at both ends) of every set
-    into one PNG; rates beyond the range (0 or 1 included) sit on the axis edge."""
+    into one PNG, labelled with ``det_label`` of its results entry; rates beyond the range (0
+    or 1 included) sit on the axis edge."""
     from scipy.stats import norm
 
     plt = _pyplot()
@@ -193,7 +242,7 @@ def plot_det(sets: Sequence[Trials], path: Path, eers: dict[str, float]) -> None
         frr, far, _ = compute_det_curve(t.scores[t.bonafide], t.scores[~t.bonafide])
         ax.plot(np.clip(norm.ppf(far), lo, hi), np.clip(norm.ppf(frr), lo, hi),
                 ls=("-", "--", "-.")[i % 3],  # curves that coincide stay visible
-                label=f"{display_name(t.name)} (EER {_pct(eers[t.name])} %)")
+                label=det_label(t.name, entries[t.name]))
     ticks = np.array([0.001, 0.005, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98, 0.995, 0.999])
     labels = [f"{100 * v:g}" for v in ticks]
     ax.set_xticks(norm.ppf(ticks), labels)

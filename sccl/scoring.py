@@ -1,13 +1,15 @@
 """Score audio with a trained run: ``sccl-score``, and the exported detector.
 
     sccl-score --run RUN PATHS... [--out scores.tsv]     # RUN: a run dir or RUN/export
-    -> TSV with a header: path <TAB> score <TAB> decision ("bonafide" | "spoof")
+    -> TSV with a header: path <TAB> score <TAB> decision ("bonafide" | "spoof") <TAB> llr
 
 PATHS may be audio files (anything soundfile reads, any sample rate: resampled; stereo:
 downmixed), directories (searched recursively for audio files) or shard directories
 (``manifest.json``; each sample is reported as ``<shard tar>/<member>``). The score is the
 classifier's logit (higher = bona fide); the decision uses the threshold fixed on the dev set
-by Stage 2 (EER threshold, bona fide if score > threshold). Long files are scored as the mean
+by Stage 2 (EER threshold, bona fide if score > threshold). The llr column is the score as a
+log-likelihood ratio: the run's calibrated LLR where ``sccl.evaluate --eval.calibrate dev``
+stored one, else the logit minus Stage 2's training prior log-odds (sccl/linear.py). Long files are scored as the mean
 over windows of the Stage 2 crop length (``--crop windows``, the default). An input that
 cannot be read is reported on stderr (one line naming it) and the others are still scored;
 the exit code is then 1 (``--strict``: stop at the first, write no TSV).
@@ -43,8 +45,8 @@ from torch import nn
 
 from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
-from sccl.fileio import atomic_open, atomic_write_bytes, atomic_write_json
-from sccl.linear import RunMismatchError, file_sha256, linear_scores, load_stage2
+from sccl.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_sha256
+from sccl.linear import RunMismatchError, linear_scores, llr_map, load_stage2
 from sccl.model import ModelConfig, ModelLoadError, SupConModel
 
 EXPORT_FORMAT = "sccl-spoof-detector"
@@ -65,6 +67,14 @@ _FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {
                        and re.fullmatch("[0-9a-f]{64}", v) is not None),
     "score": ("a string", lambda v: isinstance(v, str)),
 }
+# Optional config.json fields (absent in exports written before them): checked when present.
+_OPTIONAL: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "llr": ("an object with a finite scale > 0, a finite offset and calibrated true/false",
+            lambda v: isinstance(v, dict) and set(v) == {"scale", "offset", "calibrated"}
+            and _is_number(v["scale"]) and math.isfinite(v["scale"]) and v["scale"] > 0
+            and _is_number(v["offset"]) and math.isfinite(v["offset"])
+            and isinstance(v["calibrated"], bool)),
+}
 
 
 class ScoringError(RuntimeError):
@@ -78,6 +88,7 @@ class Verdict:
     score: float  # the classifier's logit; higher = bona fide
     probability: float  # sigmoid(score): P(bona fide) under the classifier's balanced training
     decision: str  # "bonafide" if score > the dev EER threshold, else "spoof"
+    llr: float  # the score as a log-likelihood ratio (calibrated where the run has it)
 
 
 def _is_int(v: object) -> bool:
@@ -108,7 +119,8 @@ class SpoofDetector(nn.Module):
     """Stage 1 encoder + head (frozen) and the Stage 2 linear classifier, in eval mode."""
 
     def __init__(self, model: SupConModel, weight: torch.Tensor, bias: torch.Tensor, *,
-                 threshold: float, sample_rate: int = 16000, seconds: float = 10.0) -> None:
+                 threshold: float, sample_rate: int = 16000, seconds: float = 10.0,
+                 llr: tuple[float, float] = (1.0, 0.0), calibrated: bool = False) -> None:
         super().__init__()
         if not math.isfinite(float(threshold)):
             raise ScoringError(f"threshold is {threshold}: a decision needs a finite threshold")
@@ -120,6 +132,8 @@ class SpoofDetector(nn.Module):
         self.threshold = float(threshold)
         self.sample_rate = int(sample_rate)
         self.seconds = float(seconds)  # the Stage 2 crop length: the window length here
+        self.llr_map = (float(llr[0]), float(llr[1]))  # LLR = scale * score + offset
+        self.calibrated = bool(calibrated)
         self.eval()
 
     @classmethod
@@ -129,9 +143,11 @@ class SpoofDetector(nn.Module):
         meta, weight, bias, thr = load_stage2(run)
         _check_finite({"weight": weight, "bias": bias}, str(run / "stage2" / "classifier.safetensors"))
         model = SupConModel.from_pretrained(run / "stage1" / meta.get("stage1_which", "best"))
+        raw, cal = llr_map(run, meta)
         return cls(model, weight, bias, threshold=thr["threshold"],
                    sample_rate=meta.get("sample_rate", 16000),
-                   seconds=meta.get("embed", {}).get("seconds", 10.0))
+                   seconds=meta.get("embed", {}).get("seconds", 10.0), llr=cal or raw,
+                   calibrated=cal is not None)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """config.json + model.safetensors (every tensor copied: no shared storage); the
@@ -149,6 +165,8 @@ class SpoofDetector(nn.Module):
             "sample_rate": self.sample_rate, "seconds": self.seconds,
             "weights_sha256": hashlib.sha256(blob).hexdigest(),
             "score": "logit of Linear(z); higher = bona fide; bona fide if score > threshold",
+            "llr": {"scale": self.llr_map[0], "offset": self.llr_map[1],
+                    "calibrated": self.calibrated},  # LLR = scale * score + offset
         })
         return directory
 
@@ -174,6 +192,10 @@ class SpoofDetector(nn.Module):
         """Scores (B,) float64 of a batch wave (B, T), mask (B, T) at ``self.sample_rate``."""
         z = embed_waves(self.model, wave, mask, opts, self.sample_rate)
         return linear_scores(z.cpu(), self.classifier.weight.cpu(), self.classifier.bias.cpu())
+
+    def llr(self, scores: np.ndarray) -> np.ndarray:
+        """The scores (N,) as log-likelihood ratios (calibrated where the run has it)."""
+        return self.llr_map[0] * np.asarray(scores, dtype=np.float64) + self.llr_map[1]
 
     def decide(self, scores: np.ndarray) -> list[str]:
         return ["bonafide" if s > self.threshold else "spoof" for s in np.asarray(scores)]
@@ -212,7 +234,8 @@ class SpoofDetector(nn.Module):
         s = float(self.score(w[None], torch.ones(1, w.shape[0], dtype=torch.long),
                              self.options(**options))[0])
         probability = 0.5 * (1.0 + math.tanh(s / 2))  # = sigmoid(s), no overflow
-        return Verdict(s, probability, "bonafide" if s > self.threshold else "spoof")
+        return Verdict(s, probability, "bonafide" if s > self.threshold else "spoof",
+                       float(self.llr(np.array([s]))[0]))
 
 
 def _as_mono(wave) -> np.ndarray:
@@ -259,13 +282,16 @@ def _read_export_config(path: Path) -> dict:
         raise ScoringError(f"{path}: export format 1 records no weights hash; export it again "
                            "from its run: python -c \"from sccl.scoring import export_run; "
                            "export_run('RUN')\"")
-    unknown = sorted(set(cfg) - set(_FIELDS))
+    unknown = sorted(set(cfg) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
         raise ScoringError(f"{path}: unknown key {unknown[0]!r}")
     for key, (what, ok) in _FIELDS.items():
         if key not in cfg:
             raise ScoringError(f"{path}: key {key!r} missing")
         if not ok(cfg[key]):
+            raise ScoringError(f"{path}: {key} must be {what}")
+    for key, (what, ok) in _OPTIONAL.items():
+        if key in cfg and not ok(cfg[key]):
             raise ScoringError(f"{path}: {key} must be {what}")
     return cfg
 
@@ -295,9 +321,10 @@ def _build_detector(cfg: dict, path: Path) -> SpoofDetector:
     except Exception as err:  # transformers/torch raise many types for a bad encoder config
         raise ScoringError(f"{path}: encoder_config: cannot build the encoder: "
                            f"{type(err).__name__}: {_one_line(err)}") from None
-    d = cfg["proj_dim"]
+    d, llr = cfg["proj_dim"], cfg.get("llr", {"scale": 1.0, "offset": 0.0, "calibrated": False})
     return SpoofDetector(model, torch.zeros(1, d), torch.zeros(1), threshold=cfg["threshold"],
-                         sample_rate=cfg["sample_rate"], seconds=cfg["seconds"])
+                         sample_rate=cfg["sample_rate"], seconds=cfg["seconds"],
+                         llr=(llr["scale"], llr["offset"]), calibrated=llr["calibrated"])
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -422,7 +449,8 @@ def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions, batch_
     def flush():
         waves, masks = collate([w for _, w in batch])
         scores = det.score(waves, masks, opts)
-        out = list(zip([n for n, _ in batch], scores.tolist(), det.decide(scores), strict=True))
+        out = list(zip([n for n, _ in batch], scores.tolist(), det.decide(scores),
+                       det.llr(scores).tolist(), strict=True))
         batch.clear()
         return out
 
@@ -446,7 +474,8 @@ def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions, batch_
 DESCRIPTION = """\
 Score audio files with a trained run: one TSV line per file (path, score, decision).
 The score is the classifier's logit (higher = bona fide); the decision is "bonafide" when
-the score exceeds the dev-set EER threshold fixed by Stage 2, else "spoof". Inputs: audio
+the score exceeds the dev-set EER threshold fixed by Stage 2, else "spoof"; llr is the score
+as a log-likelihood ratio (calibrated if sccl.evaluate --eval.calibrate dev was run). Inputs: audio
 files of any format, rate and channel count, directories (searched recursively) and shard
 directories. An unreadable input is reported on stderr and the rest are still scored.
 Exit codes: 0 all scored, 1 some input unreadable, 2 bad options or model."""
@@ -497,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     except ScoringError as err:  # --strict
         print(f"error: {err} (--strict: stopped, nothing written)", file=sys.stderr)
         return 1
-    text = "path\tscore\tdecision\n" + "".join(f"{n}\t{s:.6f}\t{d}\n" for n, s, d in rows)
+    text = "path\tscore\tdecision\tllr\n" + "".join(f"{n}\t{s:.6f}\t{d}\t{llr:.6f}\n"
+                                                   for n, s, d, llr in rows)
     if args.out:
         with atomic_open(args.out, "w") as f:
             f.write(text)

@@ -19,37 +19,36 @@ Exit codes: 0 done, 2 bad input (also: the stage directory in use).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 
 from sccl import dist
-from sccl import runtime as rt
+from sccl.accel import build_accelerator
+from sccl.checkpoint import StageClaim
 from sccl.config import (
     ConfigError,
-    from_dict,
     parse_config,
-    read_config_file,
     report_input_error,
 )
 from sccl.data import DataConfig, ShardDirError
-from sccl.embed import EmbedError, EmbedOptions, collect, embed_share, make_accelerator
-from sccl.fileio import atomic_write_bytes
+from sccl.embed import EmbedError, EmbedOptions, collect, embed_share
+from sccl.fileio import file_sha256
 from sccl.linear import (
     LinearConfig,
     RunMismatchError,
-    file_sha256,
+    fingerprint,
+    load_cache,
+    save_cache,
     save_classifier,
+    stage1_data_config,
     stage1_weights,
     train_classifier,
 )
+from sccl.logs import JsonlLogger, StagePaths, record_run
 from sccl.model import ModelLoadError, SupConModel
 
 
@@ -80,56 +79,6 @@ class Stage2Config:
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
     embed: EmbedOptions = field(default_factory=EmbedOptions)
     linear: LinearConfig = field(default_factory=LinearConfig)
-
-
-def stage1_data_config(run: Path, train: str = "", dev: str = "", workers: int = -1,
-                       need: tuple[str, ...] = ()) -> DataConfig:
-    """Stage 1's DataConfig (RUN/stage1/config.yaml), with shard dirs / workers overridden.
-    Each field named in ``need`` must be a shard directory; the error names where its value
-    came from (the config file, or the command line)."""
-    path = run / "stage1" / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing; --run.dir must be a run directory with Stage 1")
-    data, lines = read_config_file(path)
-    cfg = from_dict(DataConfig, data.get("data") or {}, source=str(path),
-                    lines={k[len("data."):]: v for k, v in lines.items()})
-    changes = {"train_shards": train or cfg.train_shards, "dev_shards": dev or cfg.dev_shards}
-    if workers >= 0:
-        changes["num_workers"] = workers
-    for name in need:
-        value, given = changes[name], {"train_shards": train, "dev_shards": dev}[name]
-        if not value or not (Path(value) / "manifest.json").is_file():
-            where = f"--data.{name}" if given else f"data.{name} in {path}"
-            raise ConfigError(f"{where}: {value!r} is not a shard directory (no manifest.json)")
-    return dataclasses.replace(cfg, **changes)
-
-
-def fingerprint(shard_dir: str, weights_sha: str, opts: EmbedOptions, sample_rate: int) -> dict:
-    """What decides a cached embedding file's content (batch size does not)."""
-    return {"stage1_weights_sha256": weights_sha, "shard_dir": str(Path(shard_dir).resolve()),
-            "manifest_sha256": file_sha256(Path(shard_dir) / "manifest.json"),
-            "crop": opts.crop, "seconds": opts.seconds, "hop_seconds": opts.hop_seconds,
-            "bf16": opts.bf16, "sample_rate": sample_rate}
-
-
-def load_cache(path: Path, expect: dict) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """(z (N, D), label (N,), keys) if ``path`` holds embeddings with fingerprint ``expect``."""
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            if json.loads(meta.get("fingerprint", "{}")) != expect:
-                return None
-            return f.get_tensor("z"), f.get_tensor("label"), json.loads(meta["keys"])
-    except Exception:  # a damaged cache is recomputed, never trusted
-        return None
-
-
-def save_cache(path: Path, z: np.ndarray, label: np.ndarray, keys: list[str], fp: dict) -> None:
-    blob = safetensors_save({"z": torch.from_numpy(z), "label": torch.from_numpy(label)},
-                            metadata={"keys": json.dumps(keys), "fingerprint": json.dumps(fp)})
-    atomic_write_bytes(path, blob)
 
 
 def labels_of(metas: list[dict], where: str) -> np.ndarray:
@@ -176,13 +125,13 @@ def run_stage2(cfg: Stage2Config) -> int:
     cfg.data = dataclasses.replace(d, train_shards=data_cfg.train_shards,
                                    dev_shards=data_cfg.dev_shards)
     weights = stage1_weights(run, cfg.run.stage1)
-    paths = rt.StagePaths(run, "stage2")
-    accelerator = make_accelerator()
+    paths = StagePaths(run, "stage2")
+    accelerator = build_accelerator()
     model = SupConModel.from_pretrained(weights.parent).to(accelerator.device).eval()
     model.requires_grad_(False)
-    claim = rt.StageClaim(accelerator, paths, "Stage 2", None)  # exits 2 if in use
+    claim = StageClaim(accelerator, paths, "Stage 2", None)  # exits 2 if in use
     try:
-        rt.record_run(accelerator, cfg, paths, None, stage="Stage 2")
+        record_run(accelerator, cfg, paths, None, stage="Stage 2")
         weights_sha = file_sha256(weights)
         splits = {}
         for split, shard_dir in (("train", data_cfg.train_shards), ("dev", data_cfg.dev_shards)):
@@ -201,10 +150,10 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if path else ""
 
 
-def fit_and_save(cfg: Stage2Config, run: Path, paths: rt.StagePaths, splits: dict,
+def fit_and_save(cfg: Stage2Config, run: Path, paths: StagePaths, splits: dict,
                  weights_sha: str, data_cfg: DataConfig) -> None:
     """Main process: train the classifier, write classifier/threshold/meta and the export."""
-    logger = rt.JsonlLogger(paths.log, True)
+    logger = JsonlLogger(paths.log, True)
     paths.log.unlink(missing_ok=True)  # one training per file: a rerun starts it afresh
 
     def on_epoch(rec: dict) -> None:

@@ -368,7 +368,8 @@ def test_plots_ticks_labels_titles_and_colours(monkeypatch, tmp_path):
     results, figs = _figures(monkeypatch)
     rng = np.random.default_rng(0)
     sets = [_trials(n, rng.normal(1, 1, 30), rng.normal(0, 1, 40)) for n in ("la19", "itw")]
-    results.plot_det(sets, tmp_path / "det.png", {"la19": 0.1, "itw": 0.2})
+    results.plot_det(sets, tmp_path / "det.png", {"la19": {"eer": 0.1, "min_dcf": 0.25},
+                                                   "itw": {"eer": 0.2}})
     ax = figs[-1].axes[0]
     ticks, (lo, hi) = ax.get_xticks(), ax.get_xlim()
     assert ticks.min() <= lo + 1e-9 and ticks.max() >= hi - 1e-9  # ticks span the axis

@@ -34,11 +34,11 @@ def _signal(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _read_tsv(path) -> list[tuple[str, float, str]]:
+def _read_tsv(path, llr=False) -> list[tuple]:
     lines = path.read_text().splitlines()
-    assert lines[0] == "path\tscore\tdecision"
+    assert lines[0] == "path\tscore\tdecision\tllr"
     rows = [line.split("\t") for line in lines[1:]]
-    return [(p, float(s), d) for p, s, d in rows]
+    return [(p, float(s), d) + ((float(x),) if llr else ()) for p, s, d, x in rows]
 
 
 def test_cli_scores_files_dirs_and_shards(run, tmp_path):

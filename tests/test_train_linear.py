@@ -20,6 +20,7 @@ from sccl.embed import (
     read_shard_metadata,
     window_starts,
 )
+from sccl.fileio import file_sha256
 from sccl.linear import LinearConfig, RunMismatchError, load_stage2, train_classifier
 from sccl.train_linear import main as stage2_main
 from tests.eval_fixtures import STAGE2_ARGS, make_sets, make_stage1_run, make_stage2_run
@@ -111,7 +112,7 @@ def test_stage2_writes_run_directory(stage2_run):
     meta = json.loads((s2 / "meta.json").read_text())
     assert meta["train_counts"] == {"bonafide": 6, "spoof": 10}
     assert meta["pos_weight"] == pytest.approx(10 / 6)
-    assert meta["stage1_weights_sha256"] == linear.file_sha256(run / "stage1/best/model.safetensors")
+    assert meta["stage1_weights_sha256"] == file_sha256(run / "stage1/best/model.safetensors")
     thr = json.loads((s2 / "threshold.json").read_text())
     assert thr["threshold"] == meta["threshold"] and 0.0 <= thr["dev_eer"] <= 1.0
     log = [json.loads(x) for x in (s2 / "log.jsonl").read_text().splitlines()]

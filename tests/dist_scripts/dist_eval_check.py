@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from sccl import dist
+from sccl.accel import build_accelerator
 from sccl.data import build_eval_loader
-from sccl.embed import make_accelerator
 from sccl.evaluate import main as eval_main
 from sccl.evaluate import parse_sets
-from sccl.train_linear import stage1_data_config
+from sccl.linear import stage1_data_config
 
 BATCH = 3  # per rank, as the test passes --embed.batch_size
 
@@ -42,7 +42,7 @@ def shares(run: str, spec: str, rank: int, world: int) -> tuple[dict, dict]:
 
 def main() -> int:
     run, spec, report = sys.argv[1:4]
-    acc = make_accelerator()
+    acc = build_accelerator()
     valid, padding = shares(run, spec, acc.process_index, acc.num_processes)
     world = acc.num_processes
     rc = eval_main(["--run.dir", run, "--eval.sets", spec, "--embed.seconds", "1",
