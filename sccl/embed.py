@@ -269,18 +269,3 @@ def collect(shard_dir: str | Path, keys: list[str], z: torch.Tensor) -> Embedded
     order = torch.tensor([first[k] for k in meta_keys], dtype=torch.long)
     return Embedded(meta_keys, z[order].numpy().astype(np.float32), metas)
 
-
-def make_accelerator():
-    """Accelerator for the inference stages (no optimizer, no trackers).
-
-    On CPU-only machines under a multi-process launch the process group is made gloo
-    explicitly, as for the training stages (sccl.runtime; docs/design.md). A single process
-    without a launcher needs no process group at all."""
-    import os
-
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    gloo = launched and not torch.cuda.is_available()
-    return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if gloo else [])

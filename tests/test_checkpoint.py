@@ -1,4 +1,5 @@
-"""Damaged checkpoints: a truncated file in the newest checkpoint makes the resume fall back to
+"""sccl.checkpoint: trainer state, checkpoint lookup, manifests, "Stage 1 finished"; and, end
+to end, damaged checkpoints: a truncated file in the newest checkpoint makes the resume fall back to
 the newest intact one, with a warning naming the file, and the run still ends with the
 uninterrupted run's weights (so nothing continued from a partial load); with every checkpoint
 damaged the stage exits 2 with one line. Checkpoints of older sccl versions (no manifest)
@@ -6,13 +7,17 @@ still resume, checked by parsing their files."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from sccl import runtime as rt
+from sccl import checkpoint as ck
+from sccl.config import ConfigError
 from tests.test_train_supcon import (
     check_ok,
     command,
@@ -21,8 +26,6 @@ from tests.test_train_supcon import (
     tiny_config,
     weights,
 )
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,7 @@ def same_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["random_states_0.pkl", "model.safetensors", "optimizer.bin",
                                   "queue.pt", "trainer_state.json"])
 def test_truncated_file_in_newest_checkpoint_falls_back(runs, tmp_path, name):
@@ -65,6 +69,7 @@ def test_truncated_file_in_newest_checkpoint_falls_back(runs, tmp_path, name):
     same_weights(full, run_dir)
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_exits_2_with_one_line(runs, tmp_path):
     cfg, _, cut = runs
     run_dir = damaged_copy(cut, tmp_path / "run", (2, 3), "optimizer.bin")
@@ -76,13 +81,14 @@ def test_every_checkpoint_damaged_exits_2_with_one_line(runs, tmp_path):
     assert "Did the model" not in errors[0]  # not the advice for a changed config
 
 
+@pytest.mark.slow
 def test_checkpoints_without_manifest_still_resume(runs, tmp_path):
     cfg, full, cut = runs
     run_dir = tmp_path / "old"
     shutil.copytree(cut, run_dir)
     for manifest in (run_dir / "stage1" / "checkpoints").glob("*/manifest.json"):
         manifest.unlink()  # as written before manifests existed
-    assert rt.checkpoint_damage(run_dir / "stage1" / "checkpoints" / "step-00000003") is None
+    assert ck.checkpoint_damage(run_dir / "stage1" / "checkpoints" / "step-00000003") is None
     damaged = damaged_copy(run_dir, tmp_path / "old-damaged", (3,), "random_states_0.pkl")
     proc = run(command(cfg, damaged))
     check_ok(proc)
@@ -98,13 +104,73 @@ def test_manifest_records_sizes_and_hashes(tmp_path):
     (ckpt / "a.bin").write_bytes(b"x" * 10)
     (ckpt / "sub").mkdir()
     (ckpt / "sub" / "b.pt").write_bytes(b"y" * 3)
-    rt.write_manifest(ckpt)
-    assert rt.checkpoint_damage(ckpt) is None
+    ck.write_manifest(ckpt)
+    assert ck.checkpoint_damage(ckpt) is None
     (ckpt / "sub" / "b.pt").write_bytes(b"z" * 3)  # same size, other content
-    assert "sub/b.pt: content differs" in rt.checkpoint_damage(ckpt)
+    assert "sub/b.pt: content differs" in ck.checkpoint_damage(ckpt)
     (ckpt / "a.bin").write_bytes(b"x" * 4)
-    assert "a.bin: 4 bytes, 10 when saved" in rt.checkpoint_damage(ckpt)
+    assert "a.bin: 4 bytes, 10 when saved" in ck.checkpoint_damage(ckpt)
     (ckpt / "a.bin").unlink()
-    assert "a.bin: missing" in rt.checkpoint_damage(ckpt)
+    assert "a.bin: missing" in ck.checkpoint_damage(ckpt)
     (ckpt / "manifest.json").write_text('{"files": ')
-    assert "manifest.json: unreadable" in rt.checkpoint_damage(ckpt)
+    assert "manifest.json: unreadable" in ck.checkpoint_damage(ckpt)
+
+
+def test_trainer_state_early_stopping_and_nonfinite_guard():
+    state = ck.TrainerState()
+    assert state.record_dev_loss(1.0, 1) and not state.record_dev_loss(1.5, 2)
+    assert not state.record_dev_loss(float("nan"), 3)
+    assert (state.best_dev_loss, state.best_epoch, state.bad_epochs) == (1.0, 1, 2)
+    assert state.record_dev_loss(0.5, 4) and state.bad_epochs == 0
+    assert ck.TrainerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    state.record_step(False, 3)
+    state.record_step(True, 3)  # a good step resets the run of bad ones
+    state.record_step(False, 3)
+    state.record_step(False, 3)
+    with pytest.raises(ck.NonFiniteLossError, match="3 consecutive steps"):
+        state.record_step(False, 3)
+    assert state.nonfinite_total == 4
+    assert state.start_selection(5) and (state.best_dev_loss, state.bad_epochs) == (None, 0)
+    assert state.selection_from == 5 and not state.start_selection(6)
+
+
+def test_checkpoint_lookup_and_resume_modes(tmp_path):
+    root = tmp_path / "checkpoints"
+    assert ck.choose_checkpoint("auto", root) is None
+    for step in (5, 12):
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        (root / f"step-{step:08d}" / "trainer_state.json").write_text("{}")
+        ck.write_manifest(root / f"step-{step:08d}")
+    (root / "step-00000020").mkdir()  # incomplete: no trainer_state.json
+    (root / ".tmp-step-00000030").mkdir()
+    assert [p.name for p in ck.list_checkpoints(root)] == ["step-00000005", "step-00000012"]
+    assert ck.choose_checkpoint("auto", root).name == "step-00000012"
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        ck.choose_checkpoint("never", root)
+    assert ck.choose_checkpoint(str(root / "step-00000005"), root).name == "step-00000005"
+    with pytest.raises(ConfigError, match="not a checkpoint directory"):
+        ck.choose_checkpoint(str(root / "step-00000020"), root)
+
+
+def test_stage1_finished_reads_the_newest_checkpoint_and_is_one_command(tmp_path):
+    run = tmp_path / "run dir"
+    root = run / "stage1" / "checkpoints"
+
+    def checkpoint(step: int, **state) -> None:
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        (root / f"step-{step:08d}" / "trainer_state.json").write_text(json.dumps(state))
+
+    def command() -> int:
+        return subprocess.run([sys.executable, "-m", "sccl.checkpoint", "finished", str(run)],
+                              capture_output=True, timeout=120).returncode
+
+    assert not ck.stage1_finished(run) and command() == 1  # no checkpoint yet
+    checkpoint(3, finished=True)
+    checkpoint(10, finished=False)  # step 10 sorts after step 3 (numbers, not names)
+    assert not ck.stage1_finished(run)
+    checkpoint(11, finished=True)
+    (root / ".tmp-step-00000012").mkdir()  # a save in progress does not count
+    assert ck.stage1_finished(run) and command() == 0
+    (root / "step-00000011" / "trainer_state.json").write_text('{"finished": tr')  # torn
+    assert not ck.stage1_finished(run)
+    assert ck.main(["finished"]) == 2

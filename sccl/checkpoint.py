@@ -1,0 +1,343 @@
+"""Stage 1's resumable state: the trainer state, checkpoints with manifests (save, verify,
+choose, load), best/ and last/ weights, the claim on a stage directory, and the one
+definition of "Stage 1 finished".
+
+A checkpoint is written to ``checkpoints/.tmp-step-N`` by every rank; the main process then
+records every file's size and sha256 in ``manifest.json`` (written last, atomically) and
+renames the directory, so a directory named ``step-N`` is complete (the run directory must be
+on a file system every rank shares). Before resuming, the newest checkpoint is checked against
+its manifest; a damaged one is skipped with a warning naming the file (docs/reliability.md).
+
+    python -m sccl.checkpoint finished RUN    # exit 0 when Stage 1 of RUN has finished, else 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sccl import dist
+from sccl.config import ConfigError
+from sccl.fileio import atomic_write_json, file_sha256
+from sccl.lock import DirLock, LockHeldError
+from sccl.logs import StagePaths
+
+_STEP_DIR = re.compile(r"step-(\d{8})")
+MANIFEST = "manifest.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a NaN/inf loss; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainerState:
+    """Everything besides model/optimizer/RNG/queue that a resumed run needs."""
+
+    epoch: int = 1  # 1-based epoch to run (or running)
+    step_in_epoch: int = 0  # micro-batches of ``epoch`` already consumed
+    global_step: int = 0  # optimizer steps taken (skipped non-finite steps not counted)
+    samples_seen: int = 0  # global training samples consumed
+    best_dev_loss: float | None = None  # lowest dev SupCon loss so far
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one (early stopping)
+    nonfinite_total: int = 0  # skipped steps with a NaN/inf loss or gradient norm
+    nonfinite_consecutive: int = 0
+    finished: bool = False  # all epochs ran or early stopping triggered
+    queue_started: bool = False  # some optimizer step so far used the queue
+    selection_from: int = 0  # epoch from which best/ is chosen (0 = not restarted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainerState:
+        return cls(**d)
+
+    def record_dev_loss(self, loss: float, epoch: int) -> bool:
+        """Update early-stopping state; True when ``loss`` is a new best."""
+        if math.isfinite(loss) and (self.best_dev_loss is None or loss < self.best_dev_loss):
+            self.best_dev_loss, self.best_epoch, self.bad_epochs = loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def record_step(self, finite: bool, max_consecutive: int) -> None:
+        """Count a (non-)finite step; raise ``NonFiniteLossError`` after too many in a row."""
+        if finite:
+            self.nonfinite_consecutive = 0
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_consecutive += 1
+        if self.nonfinite_consecutive >= max_consecutive:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_consecutive} consecutive steps had a NaN/inf loss or gradient "
+                f"norm (last at optimizer step {self.global_step + 1}); stopping. The last "
+                "checkpoint is intact: lower the learning rate or use bf16/fp32 and resume.")
+
+    def start_selection(self, epoch: int) -> bool:
+        """Choose best/ from ``epoch`` on (the first epoch that used the queue): forget the
+        best dev loss and the patience count; True when an earlier best was forgotten."""
+        forgotten, self.selection_from = self.best_epoch, epoch
+        self.best_dev_loss, self.best_epoch, self.bad_epochs = None, 0, 0
+        return bool(forgotten)
+
+    def weights_info(self, dev_loss: float | None, epoch: int) -> dict[str, Any]:
+        """``info.json`` of exported weights (best/, last/)."""
+        return {"epoch": epoch, "global_step": self.global_step, "dev_loss": dev_loss,
+                "best_dev_loss": self.best_dev_loss, "best_epoch": self.best_epoch,
+                "queue_active": self.queue_started, "selection_from": self.selection_from}
+
+
+# ------------------------------------------------------------------------ saving
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories under ``root`` (with a manifest or a trainer state), oldest
+    first; whether each is intact is ``checkpoint_damage``'s question."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name)
+             and ((p / MANIFEST).is_file() or (p / "trainer_state.json").is_file())]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def stage1_finished(run: str | Path) -> bool:
+    """Whether Stage 1 of run directory ``run`` has finished (all epochs, early stopping or
+    run.max_steps): its newest checkpoint's trainer state says so. The one definition, used
+    by slurm/*.sh (through ``python -m sccl.checkpoint finished``) and sccl-demo."""
+    found = list_checkpoints(Path(run) / "stage1" / "checkpoints")
+    try:
+        return bool(found) and json.loads(
+            (found[-1] / "trainer_state.json").read_text()).get("finished") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save_checkpoint(accelerator, root: Path, state: TrainerState, queue_state: dict | None,
+                    keep: int) -> Path:
+    """Save the full training state atomically as ``root/step-<global_step>`` with a manifest
+    of its files; keep the newest ``keep`` checkpoints. Every rank must call it."""
+    final = root / f"step-{state.global_step:08d}"
+    tmp = root / f".tmp-{final.name}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)  # debris of a run killed while saving
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        torch.save(queue_state, tmp / "queue.pt")
+        atomic_write_json(tmp / "trainer_state.json", state.to_dict())
+    accelerator.wait_for_everyone()  # every rank's files are in tmp
+    if accelerator.is_main_process:
+        write_manifest(tmp)
+        _replace_dir(tmp, final)
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, replacing an existing ``dst`` without a moment with none."""
+    old = dst.with_name(f".old-{dst.name}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):  # make the renames durable
+        fd = os.open(dst.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def write_manifest(ckpt: Path) -> None:
+    """``manifest.json``: size and sha256 of every file of ``ckpt`` (written last)."""
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    atomic_write_json(ckpt / MANIFEST, {"format": 1, "files": files})
+
+
+def check_finite_weights(model, device: torch.device, state: TrainerState) -> None:
+    """Raise ``NonFiniteLossError`` when any parameter holds NaN/inf on any rank (a finite
+    loss can still produce a diverging update), so no such checkpoint is ever written."""
+    bad = any(not bool(torch.isfinite(p).all()) for p in model.parameters())
+    if dist.all_reduce_sum(torch.tensor([float(bad)], device=device)).item() > 0:
+        raise NonFiniteLossError(
+            f"the weights hold NaN/inf after optimizer step {state.global_step}; nothing was "
+            "saved and the last checkpoint is intact: lower the learning rate and resume")
+
+
+def export_weights(accelerator, model, out: Path, info: dict[str, Any]) -> None:
+    """``save_pretrained`` of the unwrapped model into ``out`` atomically (main process),
+    plus ``info.json`` (epoch, step, dev loss). All ranks must call it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = out.with_name(f".tmp-{out.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(tmp)
+        atomic_write_json(tmp / "info.json", info)
+        _replace_dir(tmp, out)
+    accelerator.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------ resuming
+
+
+def checkpoint_damage(ckpt: Path) -> str | None:
+    """None when ``ckpt`` is intact, else ``"<file>: <what is wrong>"``. With a manifest every
+    file's size and sha256 are checked; a checkpoint of older sccl versions (no manifest) can
+    only be checked by parsing each of its files."""
+    manifest = ckpt / MANIFEST
+    if not manifest.is_file():
+        return _legacy_damage(ckpt)
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        items = [(ckpt / rel, int(m["size"]), str(m["sha256"])) for rel, m in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{manifest}: unreadable"
+    for path, size, digest in items:
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != size:
+            return f"{path}: {path.stat().st_size} bytes, {size} when saved (truncated?)"
+        if file_sha256(path) != digest:
+            return f"{path}: content differs from the sha256 recorded when saved"
+    return None
+
+
+def _legacy_damage(ckpt: Path) -> str | None:
+    from safetensors.torch import load_file
+
+    for path in sorted(p for p in ckpt.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                load_file(path)
+            elif path.suffix in (".pkl", ".bin", ".pt", ".pth"):
+                torch.load(path, map_location="cpu", weights_only=False)  # our own files
+        except Exception as e:  # any parse failure means damage; the kind is in the message
+            return f"{path}: unreadable ({type(e).__name__}; a checkpoint without manifest)"
+    state = ckpt / "trainer_state.json"
+    return None if state.is_file() else f"{state}: missing"
+
+
+def choose_checkpoint(resume: str, root: Path) -> Path | None:
+    """Checkpoint to resume from for ``run.resume``: "auto" = the newest intact one under
+    ``root`` (None when there is none; damaged newer ones are skipped with a warning naming
+    the damaged file), "never" = None (and ``root`` must hold none), or a path to a
+    checkpoint directory (which must be intact). Reads every file it checks: call it on the
+    main process only."""
+    found = list_checkpoints(root)
+    if resume == "never":
+        if found:
+            raise ConfigError(f"run.resume=never but {root} already holds checkpoints; use "
+                              "--run.resume auto to continue that run, or a new --run.dir")
+        return None
+    if resume != "auto":
+        path = Path(resume).expanduser()
+        if not ((path / "trainer_state.json").is_file() or (path / MANIFEST).is_file()):
+            raise ConfigError(f"run.resume: {path} is not a checkpoint directory (no "
+                              "trainer_state.json); use auto, never or a checkpoints/step-N dir")
+        found = [path]
+    damaged = []
+    for ckpt in reversed(found):
+        problem = checkpoint_damage(ckpt)
+        if problem is None:
+            for bad in damaged:
+                print(f"warning: damaged checkpoint skipped: {bad}; resuming from {ckpt}",
+                      file=sys.stderr, flush=True)
+            return ckpt
+        damaged.append(problem)
+    if damaged:
+        raise ConfigError(f"no intact checkpoint to resume from: {'; '.join(damaged)}. Restore "
+                          "the file, or move the damaged checkpoint directories aside (the run "
+                          "then starts over) or resume from another with --run.resume PATH")
+    return None
+
+
+def load_checkpoint(accelerator, path: Path, queue) -> TrainerState:
+    """Restore Accelerate state (model, optimizer, scheduler, every rank's RNG) and the queue
+    from ``path`` (verified intact by ``choose_checkpoint``); return the trainer state. A
+    checkpoint that does not fit the current config (model, queue size or world size
+    changed) is a ``ConfigError``; nothing continues from a partial load."""
+    advice = (f"cannot resume from {path} (its files are intact): {{}}. Did the model, loss or "
+              "number of processes change? Use a new --run.dir (or --run.resume PATH)")
+    # Accelerate only logs (at info level) a missing or unreadable RNG file and goes on.
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    missing = torch.tensor([float(not rng.is_file())], device=accelerator.device)
+    if dist.all_reduce_sum(missing).item() > 0:
+        raise ConfigError(advice.format(f"it holds no random state for {accelerator.num_processes}"
+                                        " processes"))
+    try:
+        accelerator.load_state(str(path))
+        state = TrainerState.from_dict(json.loads((path / "trainer_state.json").read_text()))
+        queue_state = torch.load(path / "queue.pt", map_location="cpu", weights_only=True)
+        if queue_state is not None:
+            queue.load_state_dict(queue_state)
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
+        raise ConfigError(advice.format(e)) from e
+    return state
+
+
+class StageClaim:
+    """Exclusive use of a stage directory for one run (``sccl.lock.DirLock``, taken by the
+    main process) and the checkpoint it resumes from (``choose_checkpoint``). Every rank
+    learns the outcome from one broadcast, so all raise the same ``ConfigError`` (exit 2)
+    when the directory is in use or no checkpoint is intact; none hangs. ``release`` (or the
+    end of a ``with`` block) also removes the directories the claim created if they stayed
+    empty (an input error)."""
+
+    def __init__(self, accelerator, paths: StagePaths, what: str, resume: str | None) -> None:
+        """``resume``: ``run.resume`` of a stage with checkpoints, None for one without."""
+        self.lock, checkpoint, error = None, None, None
+        self.created = [d for d in (paths.dir, paths.root) if not d.exists()]
+        if accelerator.is_main_process:
+            try:
+                self.lock = DirLock(paths.dir, what=f"{what} of {paths.root}").acquire()
+                if resume is not None:
+                    checkpoint = choose_checkpoint(resume, paths.checkpoints)
+            except (LockHeldError, ConfigError) as e:
+                error = str(e)
+        checkpoint, error = dist.broadcast_object((checkpoint, error))
+        if error is not None:
+            self.release()
+            raise ConfigError(error)
+        self.resume_from: Path | None = checkpoint
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for d in self.created:  # only what this claim created, and only when still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+    def __enter__(self) -> StageClaim:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``finished RUN``: exit 0 when Stage 1 of RUN has finished, 1 when not, 2 on bad usage."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "finished":
+        print("usage: python -m sccl.checkpoint finished RUN", file=sys.stderr)
+        return 2
+    return 0 if stage1_finished(args[1]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""A stage's run directory and what it records: paths, the resolved config with the git
+revision, run_info.json, the JSON-lines log and the numbers of a training log line.
+
+Run directory of a stage (``StagePaths``; Stage 1 = ``<run>/stage1``):
+
+    <run>/<stage>/config.yaml        resolved config (loadable with --config), git revision on top
+    <run>/<stage>/run_info.json      git revision, command line, world size, versions, start time
+    <run>/<stage>/log.jsonl          one JSON object per logging step (and one per epoch)
+    <run>/<stage>/tb/                TensorBoard event files (Accelerate tracker)
+    <run>/<stage>/checkpoints/step-NNNNNNNN/   resumable state (sccl/checkpoint.py)
+    <run>/<stage>/best/, last/       weights only: model_config.json + model.safetensors + info.json
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sccl.config import flatten, format_config, read_config_file, save_config, to_dict
+from sccl.fileio import atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Paths inside ``<run>/<stage>``."""
+
+    root: Path
+    stage: str
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.stage
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def info(self) -> Path:
+        return self.dir / "run_info.json"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best"
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last"
+
+
+def git_revision(path: str | Path | None = None) -> str:
+    """``<commit sha>`` (+ ``-dirty`` with uncommitted changes) of the repo holding ``path``
+    (default: this package); ``"unknown"`` outside a git checkout or without git."""
+    where = str(path or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty.strip() else sha or "unknown"
+
+
+def run_info(accelerator, revision: str) -> dict[str, Any]:
+    import accelerate  # here, so that --help does not import them
+    import transformers
+
+    return {
+        "git_revision": revision,
+        "command": sys.argv,
+        "world_size": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "mixed_precision": accelerator.mixed_precision,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    """``key: old -> new`` for every flattened key that differs (keys under ``ignore`` skipped)."""
+    a, b = flatten(old), flatten(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not k.startswith(ignore)]
+
+
+def record_run(accelerator, cfg: Any, paths: StagePaths, resume_from: Path | None,
+               stage: str) -> None:
+    """Print the resolved config and git revision once (main process) and save them in the
+    stage dir; on resume, warn about every config value that changed (run.* excepted)."""
+    if not accelerator.is_main_process:
+        return
+    revision = git_revision()
+    if resume_from is not None and paths.config.is_file():
+        old = read_config_file(paths.config)[0]
+        for change in config_changes(old, to_dict(cfg), ("run.",)):
+            print(f"warning: config changed since {resume_from.name}: {change}", file=sys.stderr)
+    save_config(cfg, paths.config, header=f"sccl {stage} config; git {revision}")
+    atomic_write_json(paths.info, run_info(accelerator, revision))
+    print(f"sccl {stage}  git {revision}  world size {accelerator.num_processes}  "
+          f"device {accelerator.device}\n{format_config(cfg).rstrip()}")
+    print(f"resuming from {resume_from}" if resume_from else f"writing {paths.dir}", flush=True)
+
+
+def tracker_config(cfg: Any) -> dict[str, Any]:
+    """Flattened config with values TensorBoard's hparams accept (None and lists as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in flatten(to_dict(cfg)).items()}
+
+
+def _logged_step(line: str, unreadable: int) -> int:
+    """The global_step of one log line; ``unreadable`` for a line that is not a JSON object
+    (a process killed mid-write leaves a partial last line)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return unreadable
+    return record.get("global_step", 0) if isinstance(record, dict) else unreadable
+
+
+class JsonlLogger:
+    """Appends one JSON object per line to ``path`` (main process only; others no-op).
+
+    On resume, lines logged after the checkpoint's step (``global_step`` > ``resume_step``)
+    are dropped first, so the file reads like the uninterrupted run's; a fresh run
+    (``resume_step`` None) starts the file afresh."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None = None) -> None:
+        self.path, self.enabled = path, enabled
+        if not (enabled and path.exists()):
+            return
+        kept = [] if resume_step is None else [
+            line for line in path.read_text().splitlines()
+            if _logged_step(line, resume_step + 1) <= resume_step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+class StepMeter:
+    """Losses, samples and time since the last log line; NaN bookkeeping of the current
+    accumulation window."""
+
+    def __init__(self) -> None:
+        self.grad_norm: float | None = None
+        self.lrs: dict[str, float] = {}  # learning rate of each group in the last step
+        self.window_ok = True
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.loss_n, self.samples = 0.0, 0, 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: float | None, samples: int) -> None:
+        """One micro-batch: its global loss (None = non-finite) and global sample count."""
+        self.samples += samples
+        if loss is None:
+            self.window_ok = False
+        else:
+            self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
+
+    def end_window(self, grad_norm: float | None, optimizer) -> bool:
+        """Close an accumulation window (before its optimizer step, whose learning rates are
+        recorded); True when all its losses were finite."""
+        ok, self.window_ok, self.grad_norm = self.window_ok, True, grad_norm
+        self.lrs = {str(g.get("name", i)): float(g["lr"])
+                    for i, g in enumerate(optimizer.param_groups)}
+        return ok
+
+    def take(self) -> dict[str, float]:
+        """Mean loss and samples/s since the last call (then restart)."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        out = {"loss": self.loss_sum / max(self.loss_n, 1), "samples_per_s": self.samples / elapsed}
+        self.reset()
+        return out
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                leave=False)
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a log record worth plotting (lr per group as lr_<name>)."""
+    keys = ("loss", "samples_per_s", "grad_norm", "queue_fill", "nonfinite_total")
+    out = {k: float(record[k]) for k in keys if record.get(k) is not None}
+    out.update({f"lr_{name}": lr for name, lr in record["lr"].items()})
+    return out
