@@ -228,18 +228,12 @@ sccl_launch() {
 
 # ----------------------------------------------------------------------- stage state
 
-# Stage 1 is finished when its newest complete checkpoint says so (sccl/runtime.py writes
-# checkpoints/step-N/trainer_state.json with "finished": true after the last epoch,
-# early stopping or run.max_steps).
+# Stage 1 of RUN has finished (its newest checkpoint says so): the trainer's own definition,
+# sccl.checkpoint.stage1_finished, from this repository. Needs the environment
+# (sccl_activate_env) first: the module imports torch.
 sccl_stage1_finished() {
-    "$(command -v python3 || command -v python)" - "$1/stage1/checkpoints" <<'PY'
-import json, pathlib, re, sys
-root = pathlib.Path(sys.argv[1])
-steps = sorted(p for p in root.glob("step-*")
-               if re.fullmatch(r"step-\d{8}", p.name) and (p / "trainer_state.json").is_file())
-state = json.loads((steps[-1] / "trainer_state.json").read_text()) if steps else {}
-sys.exit(0 if state.get("finished") is True else 1)
-PY
+    PYTHONPATH="$SCCL_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+        "$(command -v python3 || command -v python)" -m sccl.checkpoint finished "$1"
 }
 
 # Chain arguments -> arrays s1 (Stage 1), s2 (after --stage2-args), ev (after --eval-args).

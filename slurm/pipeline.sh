@@ -31,7 +31,8 @@ USAGE="usage: pipeline.sh [--wait] RUN [STAGE1 ARGS...] [--stage2-args ARGS...] 
 # (newer than the submission's RUN/logs/jobs.txt), not from job states, which may be gone.
 report_failure() {
     local run=$1 stamp="$1/logs/jobs.txt" stage log job
-    if ! sccl_stage1_finished "$run"; then
+    # a subshell: an environment that cannot be activated means Stage 1 did not finish either
+    if ! (sccl_activate_env && sccl_stage1_finished "$run"); then
         stage="Stage 1" log=stage1 job=$2
     elif ! [ "$run/stage2/meta.json" -nt "$stamp" ]; then
         stage="Stage 2" log=stage2 job=$3

@@ -31,20 +31,19 @@
 #SBATCH --output=slurm-%x-%j.out
 
 set -euo pipefail
-# sbatch runs a copy of this file from Slurm's spool: find the repository from the job's
-# command line, the submit directory or this file's location (or set SCCL_ROOT).
+# sbatch runs a copy of this file from its spool directory, so these lines, the same in every
+# sbatch script, must find the repository before slurm/common.sh can help: SCCL_ROOT if set,
+# else the path the job was submitted with (scontrol's Command=), the submit directory, or
+# this file's parent (when run with bash instead of sbatch).
 if [ -z "${SCCL_ROOT:-}" ]; then
     cmd=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=//p') || true
-    for d in "${cmd%%/slurm/stage1.sh*}" "${SLURM_SUBMIT_DIR:-.}" "$(dirname -- "$0")/.."; do
-        if [ -f "$d/slurm/common.sh" ]; then
-            SCCL_ROOT=$(cd -- "$d" && pwd)
-            break
-        fi
+    for SCCL_ROOT in "${cmd%/slurm/*.sh*}" "${SLURM_SUBMIT_DIR:-.}" "$(dirname -- "$0")/.."; do
+        [ -f "$SCCL_ROOT/slurm/common.sh" ] && break
     done
 fi
-[ -f "${SCCL_ROOT:-}/slurm/common.sh" ] ||
+[ -f "$SCCL_ROOT/slurm/common.sh" ] ||
     { echo "error: sccl repository not found: submit from its root or set SCCL_ROOT" >&2; exit 2; }
-export SCCL_ROOT
+SCCL_ROOT=$(cd -- "$SCCL_ROOT" && pwd) && export SCCL_ROOT
 # shellcheck source=slurm/common.sh
 source "$SCCL_ROOT/slurm/common.sh"
 
