@@ -74,6 +74,41 @@ def make_stage2_run(root: Path) -> tuple[Path, dict[str, Path]]:
     return run, sets
 
 
+# Synthetic-corpus eval sets: name -> (sccl-shards build --format, protocol, audio dir)
+CORPUS_SETS = {
+    "la19": ("asvspoof2019", "LA/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.eval.trl.txt",
+             "LA/ASVspoof2019_LA_eval"),
+    "la21": ("asvspoof2021", "keys/LA/CM/trial_metadata.txt", "ASVspoof2021_LA_eval"),
+    "as5_train": ("asvspoof5", "ASVspoof5_protocols/ASVspoof5.train.tsv", "flac_T"),
+    "as5_dev": ("asvspoof5", "ASVspoof5_protocols/ASVspoof5.dev.track_1.tsv", "flac_D"),
+    "as5": ("asvspoof5", "ASVspoof5_protocols/ASVspoof5.eval.track_1.tsv", "flac_E_eval"),
+}
+LA19_ASV = "LA/ASVspoof2019_LA_asv_scores/ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
+LA21_ASV = "keys/LA/ASV"
+
+
+def corpus_sets(root: Path, names, **build) -> tuple[Path, dict[str, Path]]:
+    """(corpus dir, {name: shard dir}): the tiny synthetic corpus under root/corpus and the
+    CORPUS_SETS ``names`` built from it (both steps skipped when already done). ``build``:
+    extra ``sccl-shards build`` flags, e.g. split_by_label=True."""
+    from shards.synth import generate
+
+    corpus = Path(root) / "corpus"
+    generate(corpus, size="tiny", seed=0, workers=1)
+    out = {}
+    for name in names:
+        fmt, protocol, audio = CORPUS_SETS[name]
+        out[name] = Path(root) / name
+        if not (out[name] / "manifest.json").is_file():
+            flags = [f"--{k.replace('_', '-')}" for k, v in build.items() if v]
+            subprocess.run([sys.executable, "-m", "shards", "build", "--format", fmt,
+                            "--protocol", str(corpus / protocol), "--audio-dir",
+                            str(corpus / audio), "--out", str(out[name]), "--shard-size", "4",
+                            "--workers", "1", "--no-progress", *flags],
+                           check=True, capture_output=True, text=True, cwd=ROOT)
+    return corpus, out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

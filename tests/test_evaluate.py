@@ -30,7 +30,16 @@ from sccl.evaluate import select
 from sccl.metrics import class_counts, compute_eer, replicate_eer, walk_eer, walk_order
 from sccl.results import read_score_file, results_table, write_score_file
 from sccl.train_linear import main as stage2_main
-from tests.eval_fixtures import ROOT, STAGE2_ARGS, accelerate_launch, make_sets, make_stage1_run
+from tests.eval_fixtures import (
+    LA19_ASV,
+    LA21_ASV,
+    ROOT,
+    STAGE2_ARGS,
+    accelerate_launch,
+    corpus_sets,
+    make_sets,
+    make_stage1_run,
+)
 
 DIST_SCRIPT = ROOT / "tests" / "dist_scripts" / "dist_eval_check.py"
 
@@ -401,3 +410,106 @@ def test_second_evaluation_of_a_run_at_once_exits_2(trained, capsys):
         assert eval_main(_eval_args(run, f"a={sets['evalA']}", "--eval.plots", "false")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is in use" in err and "held by pid" in err
+
+
+# ------------------------------------------------------------------- detection costs
+
+
+def _asv_2021(tmp_path):
+    """A keys/LA/ASV directory: per codec (alaw, none) targets, nontargets and A07/A08 spoofs."""
+    rng = np.random.default_rng(0)
+    scores, meta = [], []
+    for i in range(60):
+        codec, key = ("alaw", "none")[i % 2], ("target", "nontarget", "spoof")[i % 3]
+        attack = "bonafide" if key != "spoof" else ("A07", "A08")[(i // 6) % 2]
+        mean = {"target": 2.0, "nontarget": -2.0, "spoof": 0.5 if attack == "A07" else -0.5}
+        scores.append(f"LA_0001 T{i} {rng.normal(mean[key], 1.0):.4f}")
+        meta.append(f"LA_0001 T{i} {codec} - {attack} {key} notrim {('eval', 'progress')[i % 5 == 0]}")
+    d = tmp_path / "keys" / "LA" / "ASV"
+    (d / "ASVTorch_Kaldi").mkdir(parents=True)
+    (d / "ASVTorch_Kaldi" / "score.txt").write_text("\n".join(scores) + "\n")
+    (d / "trial_metadata.txt").write_text("\n".join(meta) + "\n")
+    return d
+
+
+def test_min_tdcf_table_selects_trials_like_the_2021_package(tmp_path):
+    from sccl.aggregate import min_tdcf_table
+    from sccl.asv import read_asv_scores
+    from sccl.dcf import min_tdcf
+
+    rng = np.random.default_rng(1)
+    t = _trials("la21", rng.normal(1, 1, 12), rng.normal(-1, 1, 16),
+                attacks=["A07", "A07", "A08", "A08"] * 4, codec=["alaw", "none"] * 14)
+    asv = read_asv_scores(_asv_2021(tmp_path))
+    res = min_tdcf_table(t, asv, "eval")
+    assert res["formulation"] == "ASVspoof 2021 (revised)"
+    assert list(res["table"]) == ["A07", "A08", "Pooled"]
+    assert list(res["table"]["A07"]) == ["alaw", "none", "Pooled"]
+    # the package's selection, written out: an attack picks spoof trials only (CM and ASV),
+    # a codec every trial, the subset every ASV trial
+    keep = asv.subsets == "eval"
+    for attack in ("A07", "A08", "Pooled"):
+        for codec in ("alaw", "none", "Pooled"):
+            in_c = np.ones(len(t.keys), bool) if codec == "Pooled" else t.conditions["codec"] == codec
+            a_in_c = keep & ((asv.codecs == codec) if codec != "Pooled" else True)
+            spoof_asv = a_in_c & (asv.keys == "spoof") & (
+                (asv.attacks == attack) if attack != "Pooled" else True)
+            is_a = (t.attacks == attack) if attack != "Pooled" else True
+            expect = min_tdcf(t.scores[t.bonafide & in_c], t.scores[~t.bonafide & is_a & in_c],
+                              asv.scores[a_in_c & (asv.keys == "target")],
+                              asv.scores[a_in_c & (asv.keys == "nontarget")], asv.scores[spoof_asv])
+            assert res["table"][attack][codec] == expect, (attack, codec)  # all defined here
+    assert res["pooled"] == res["table"]["Pooled"]["Pooled"]
+    la19 = tmp_path / "asv19.txt"
+    la19.write_text("".join(f"{k} {v}\n" for k, v in (
+        ("bonafide target", 2.1), ("bonafide target", 1.5), ("bonafide nontarget", -1.0),
+        ("bonafide nontarget", -2.2), ("A07 spoof", 0.4), ("A08 spoof", -0.3))))
+    legacy = min_tdcf_table(t, read_asv_scores(la19), None)
+    assert list(legacy["table"]["A07"]) == ["Pooled"] and "legacy" in legacy["formulation"]
+    assert legacy["pooled"] == min_tdcf(t.scores[t.bonafide], t.scores[~t.bonafide],
+                                        [2.1, 1.5], [-1.0, -2.2], [0.4, -0.3], legacy=True)
+    assert legacy["table"]["A08"]["Pooled"] == min_tdcf(
+        t.scores[t.bonafide], t.scores[~t.bonafide & (t.attacks == "A08")], [2.1, 1.5],
+        [-1.0, -2.2], [-0.3], legacy=True)
+
+
+@pytest.mark.slow  # the tiny synthetic corpus, three shard sets, Stage 2 and one evaluation
+def test_evaluate_min_tdcf_costs_and_calibration_on_the_synthetic_corpus(trained, tmp_path,
+                                                                          capsys):
+    from sccl.asv import read_asv_scores
+    from sccl.dcf import act_dcf, cllr, min_dcf, min_tdcf
+
+    run = shutil.copytree(trained[0], tmp_path / "run")
+    corpus, sets = corpus_sets(tmp_path / "data", ["la19", "la21", "as5"])
+    spec = ",".join(f"{n}={d}" for n, d in sets.items())
+    asv = f"la19={corpus / LA19_ASV},la21={corpus / LA21_ASV}"
+    assert eval_main(_eval_args(run, spec, "--eval.asv_scores", asv, "--eval.subset", "all",
+                                "--eval.calibrate", "dev", "--eval.tsne_points", "0")) == 0
+    out = capsys.readouterr().out
+    assert "dev Cllr" in out
+    res = json.loads((run / "eval" / "results.json").read_text())
+    cal = json.loads((run / "stage2" / "calibration.json").read_text())
+    a, b = cal["scale"], cal["offset"] - cal["scale"] * cal["prior_log_odds"]
+    for name in sets:
+        e = res["sets"][name]
+        metas = read_shard_metadata(sets[name])[1]
+        scores = read_score_file(run / "eval" / "scores" / f"{name}.txt")
+        bona = np.array([scores[m["utt_id"]] for m in metas if m["label"] == "bonafide"])
+        spoof = np.array([scores[m["utt_id"]] for m in metas if m["label"] == "spoof"])
+        assert e["min_dcf"] == min_dcf(bona, spoof)
+        assert e["cllr"] == pytest.approx(cllr(bona - cal["prior_log_odds"],
+                                               spoof - cal["prior_log_odds"]))
+        assert e["act_dcf_calibrated"] == act_dcf(a * bona + b, a * spoof + b)
+        assert e["cllr_calibrated"] == pytest.approx(cllr(a * bona + b, a * spoof + b))
+        assert e["dataset"] == metas[0]["dataset"]
+        if name == "as5":
+            assert "min_tdcf" not in e  # no ASV scores given: no t-DCF
+            continue
+        tar, non, sp = read_asv_scores(corpus / (LA19_ASV if name == "la19" else LA21_ASV)
+                                       ).trials()
+        assert e["min_tdcf"]["pooled"] == min_tdcf(bona, spoof, tar, non, sp,
+                                                   legacy=name == "la19")
+    assert len(res["sets"]["la21"]["min_tdcf"]["table"]["Pooled"]) > 2  # codec columns
+    md = (run / "eval" / "results.md").read_text()
+    assert "## Detection costs" in md and "| set | EER % | minDCF | actDCF | Cllr | " in md
+    assert "min t-DCF, ASVspoof 2019 (legacy)" in md and "ASVspoof 2021 (revised)" in md

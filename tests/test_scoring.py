@@ -213,8 +213,10 @@ def test_export_bad_tensors_are_refused(export, edit, expected):
     ({"encoder_config": {"hidden_size": -4}}, "encoder_config: cannot build the encoder"),
     ({"surprise": 1}, "unknown key 'surprise'"),
     ({"format_version": 1}, "records no weights hash"),
+    ({"llr": {"scale": -1.0, "offset": 0.0, "calibrated": True}}, "llr must be an object"),
+    ({"llr": {"scale": 1.0, "offset": 0.0}}, "llr must be an object"),
 ], ids=["nan-threshold", "str-threshold", "rate", "proj-dim", "aggregation", "type",
-        "model-key", "encoder", "extra-key", "old-format"])
+        "model-key", "encoder", "extra-key", "old-format", "llr-scale", "llr-keys"])
 def test_export_bad_config_is_refused(export, config, expected):
     cfg = json.loads((export / "config.json").read_text())
     for key in ("model_config", "encoder_config"):  # nested edits change one field only
@@ -285,3 +287,31 @@ def test_help_is_plain_text(capsys):
         score_main(["--help"])
     out = capsys.readouterr().out
     assert "``" not in out and "Exit codes: 0 all scored, 1 some input unreadable" in out
+
+
+def test_sccl_score_and_the_export_use_the_stored_calibration(run, tmp_path, capsys):
+    from sccl.linear import calibrate_on_dev, load_stage2, prior_log_odds
+    from sccl.scoring import export_run
+
+    run_dir = shutil.copytree(run[0], tmp_path / "run")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _signal(0.8, 16000), 16000)
+    out = tmp_path / "s.tsv"
+    meta, weight, bias, _ = load_stage2(run_dir)
+    assert score_main(["--run", str(run_dir), str(wav), "--out", str(out)]) == 0
+    ((_, score, _, llr),) = _read_tsv(out, llr=True)
+    assert llr == pytest.approx(score - prior_log_odds(meta), abs=2e-6)  # no calibration yet
+    cal = calibrate_on_dev(run_dir, meta, weight, bias)
+    assert cal["dev_cllr"]["after"] <= cal["dev_cllr"]["before"]
+    a, b = cal["scale"], cal["offset"] - cal["scale"] * prior_log_odds(meta)
+    assert score_main(["--run", str(run_dir), str(wav), "--out", str(out)]) == 0
+    ((_, score, _, llr),) = _read_tsv(out, llr=True)
+    assert llr == pytest.approx(a * score + b, abs=1e-5) and a != pytest.approx(1.0)
+    det = SpoofDetector.from_pretrained(export_run(run_dir))  # the export carries it
+    assert det.calibrated and det.llr_map == pytest.approx((a, b))
+    assert det.score_file(wav).llr == pytest.approx(llr, abs=1e-5)
+    clf = run_dir / "stage2" / "classifier.safetensors"
+    state = load_file(clf)
+    save_file({"weight": state["weight"] * 2, "bias": state["bias"]}, clf)
+    assert score_main(["--run", str(run_dir), str(wav)]) == 2
+    assert "fitted to another classifier" in capsys.readouterr().err

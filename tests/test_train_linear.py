@@ -177,3 +177,47 @@ def test_stage2_refuses_a_stage_dir_in_use(stage2_run, capsys):
         assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS]) == 2
     err = capsys.readouterr().err
     assert "Stage 2" in err and "is in use" in err and f"pid {os.getpid()}" in err, err
+
+
+def test_logit_minus_prior_log_odds_is_the_llr():
+    # Classes N(+1, 1) (bona fide) and N(-1, 1): the true LLR is 2x. A logistic fit with
+    # pos_weight 3 on 2000 bona fide / 8000 spoof learns 2x + log(3 * 2000 / 8000).
+    rng = np.random.default_rng(0)
+    x = torch.tensor(np.r_[rng.normal(1, 1, 2000), rng.normal(-1, 1, 8000)], dtype=torch.float64)
+    y = torch.tensor(np.r_[np.ones(2000), np.zeros(8000)], dtype=torch.float64)
+    theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0, dtype=torch.float64))
+    opt = torch.optim.LBFGS([theta], max_iter=200, tolerance_grad=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(theta[0] * x + theta[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    meta = {"pos_weight": 3.0, "train_counts": {"bonafide": 2000, "spoof": 8000}}
+    assert linear.prior_log_odds(meta) == pytest.approx(np.log(0.75))
+    slope, intercept = theta.detach().numpy()
+    assert slope == pytest.approx(2.0, abs=0.1)
+    assert intercept - linear.prior_log_odds(meta) == pytest.approx(0.0, abs=0.05)
+
+
+def test_calibration_repairs_shifted_and_scaled_scores():
+    from sccl.dcf import act_dcf, cllr
+
+    rng = np.random.default_rng(1)
+
+    def llrs(n_bona, n_spoof):  # true LLRs of N(+1, 1) vs N(-1, 1)
+        return 2 * rng.normal(1, 1, n_bona), 2 * rng.normal(-1, 1, n_spoof)
+
+    (dev_b, dev_s), (ev_b, ev_s) = llrs(300, 900), llrs(400, 1200)
+    distort = lambda v: 5.0 * v + 3.0  # noqa: E731  (overconfident and shifted)
+    a, b = linear.fit_calibration(distort(dev_b), distort(dev_s))
+    assert a == pytest.approx(0.2, rel=0.15) and b == pytest.approx(-0.6, abs=0.2)
+    before = cllr(distort(ev_b), distort(ev_s))
+    after = cllr(a * distort(ev_b) + b, a * distort(ev_s) + b)
+    assert after < 0.6 * before and after == pytest.approx(cllr(ev_b, ev_s), abs=0.03)
+    # calibrated scores decide like the true LLRs at the ASVspoof 5 operating point
+    assert act_dcf(a * distort(ev_b) + b, a * distort(ev_s) + b) == pytest.approx(
+        act_dcf(ev_b, ev_s), abs=0.05)
