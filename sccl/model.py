@@ -396,24 +396,6 @@ class SupConModel(nn.Module):
     def count_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def forward_flops(self, num_samples: int) -> int:
-        """Forward FLOPs for one wave of num_samples (multiply-add = 2 FLOPs). Counts the
-        convolutions and matrix products: conv stack sum(2 * F_i * C_i * C_{i-1} * k_i),
-        projection 2FCH, positional conv 2(F+1)H(H/G)K, per layer 8FH^2 (q, k, v, out)
-        + 4F^2H (scores, weighted sum) + 4FH*FFN, head 2FHP. Norms, activations and softmax
-        (O(FH) each against O(FH^2)) are left out. A training step costs about 3x this."""
-        c = self.encoder.config
-        flops, length, c_in = 0, int(num_samples), 1
-        for c_out, k, s in zip(c.conv_dim, c.conv_kernel, c.conv_stride, strict=True):
-            length = (length - k) // s + 1
-            flops += 2 * length * c_out * c_in * k
-            c_in = c_out
-        f, h, k = length, c.hidden_size, c.num_conv_pos_embeddings
-        flops += 2 * f * c_in * h
-        flops += 2 * (f + 2 * (k // 2) - k + 1) * h * (h // c.num_conv_pos_embedding_groups) * k
-        layer = 8 * f * h * h + 4 * f * f * h + 4 * f * h * c.intermediate_size
-        return flops + c.num_hidden_layers * layer + 2 * f * h * self.cfg.proj_dim
-
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write model.safetensors and model_config.json (ModelConfig + the encoder's full
         Wav2Vec2Config, so the directory loads without the hub), each atomically."""

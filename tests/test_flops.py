@@ -39,7 +39,6 @@ def test_forward_matches_flop_counter(monkeypatch, preset, samples):
     counts = _counted(model, 2, samples, backward=False)
     expected = model_flops(model, samples)
     assert sum(counts["Global"].values()) == 2 * expected["total"]
-    assert model.forward_flops(samples) == expected["total"]  # sccl/model.py agrees
 
 
 def test_training_is_three_forwards(monkeypatch):
