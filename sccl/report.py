@@ -22,7 +22,9 @@ many parent directories as it takes to tell two runs apart (a/run, b/run). Write
                  point (|Q| = 0) has its own marker, where every line of its similarity starts
 
 "pooled" is the EER over all sets' scores concatenated and "mean" the mean of the per-set
-EERs, as sccl/evaluate.py reports them. Exit codes: 0 done, 2 bad input.
+EERs, as sccl/evaluate.py reports them. Detection costs follow the EERs where results.json has
+them: "<set> min t-DCF" for sets evaluated with ASV scores, and "<set> minDCF / actDCF / Cllr"
+for ASVspoof 5 sets (numbers, not %). Exit codes: 0 done, 2 bad input.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from sccl.results import display_name, ordered_sets
 GROUP_KEYS = ("loss.similarity", "loss.temperature", "loss.queue_size", "loss.queue_start_epoch")
 REPLICATE_KEYS = ("run.", "data.seed")
 _SIM_ORDER = {"cosine": 0, "angular": 1}
+# Detection costs reported per set: results.json key -> column suffix (min t-DCF where the
+# set has ASV scores; the ASVspoof 5 package's minDCF / actDCF / Cllr for its sets).
+COSTS = {"min_tdcf": "min t-DCF", "min_dcf": "minDCF", "act_dcf": "actDCF", "cllr": "Cllr"}
 
 
 class ReportError(ValueError):
@@ -60,7 +65,7 @@ class Run:
     name: str
     path: Path
     config: dict  # flattened Stage 1 config
-    eers: dict[str, float]  # set name -> EER
+    eers: dict[str, float]  # set name -> EER, "<set> <cost>" -> detection cost (COSTS)
     pooled: float
     mean: float
 
@@ -132,6 +137,7 @@ def load_run(path: Path) -> Run | None:
     if not isinstance(res, dict) or not isinstance(res.get("sets"), dict) or not res["sets"]:
         raise ReportError(f"{results}: sets: expected a non-empty object of eval sets")
     eers = {name: _number(entry, name, results) for name, entry in res["sets"].items()}
+    eers.update(costs_of(res["sets"]))
     cfg_path = path / "stage1" / "config.yaml"
     try:
         config = flatten(read_config_file(cfg_path)[0])
@@ -142,6 +148,18 @@ def load_run(path: Path) -> Run | None:
         raise ReportError(f"{cfg_path}: missing key(s) {', '.join(missing)}")
     return Run(path.name, path, config, eers, _number(res, "pooled_eer", results),
                _number(res, "mean_eer", results))
+
+
+def costs_of(sets: dict) -> dict[str, float]:
+    """{"<set> <cost>": value} of the detection costs results.json reports (COSTS)."""
+    out = {}
+    for name, e in sets.items():
+        if isinstance(e.get("min_tdcf"), dict):
+            out[f"{name} {COSTS['min_tdcf']}"] = float(e["min_tdcf"]["pooled"])
+        if e.get("dataset") == "asvspoof5":
+            out.update({f"{name} {COSTS[k]}": float(e[k]) for k in ("min_dcf", "act_dcf",
+                                                                   "cllr") if k in e})
+    return out
 
 
 def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
@@ -178,20 +196,33 @@ def config_label(key: tuple) -> str:
     return f"{sim} T={temp:g} |Q|={q}" + (f" from epoch {start}" if q and start > 1 else "")
 
 
-def _pct(x: float) -> str:
-    return "—" if math.isnan(x) else f"{100 * x:.2f}"
+def _is_cost(metric: str) -> bool:
+    return metric.endswith(tuple(f" {c}" for c in COSTS.values()))
 
 
-def _cell(mean: float, std: float) -> str:
-    return _pct(mean) if math.isnan(std) else f"{_pct(mean)} ± {_pct(std)}"
+def _pct(x: float, metric: str = "") -> str:
+    """An EER in % (2 decimals), or a detection cost as it is (4 decimals)."""
+    return "—" if math.isnan(x) else f"{x:.4f}" if _is_cost(metric) else f"{100 * x:.2f}"
+
+
+def _cell(mean: float, std: float, metric: str) -> str:
+    m = _pct(mean, metric)
+    return m if math.isnan(std) else f"{m} ± {_pct(std, metric)}"
+
+
+def _label(metric: str) -> str:
+    name, _, cost = metric.partition(" ")
+    return f"{display_name(name)} {cost}" if _is_cost(metric) else display_name(metric)
 
 
 def metrics_of(runs: list[Run]) -> list[str]:
-    """Set names in study column order, then "pooled" and "mean"."""
+    """Set names in study column order, "pooled" and "mean", then the detection costs."""
     names: list[str] = []
     for r in runs:
         names += [n for n in r.eers if n not in names]
-    return [*ordered_sets(names), "pooled", "mean"]
+    sets = ordered_sets([n for n in names if not _is_cost(n)])
+    costs = [f"{s} {c}" for s in sets for c in COSTS.values() if f"{s} {c}" in names]
+    return [*sets, "pooled", "mean", *costs]
 
 
 def replicates(groups: list[Group]) -> str:
@@ -217,15 +248,17 @@ def unique_names(paths: list[Path]) -> list[str]:
 def markdown(groups: list[Group], metrics: list[str], incomplete: list[Path],
              warnings: list[str]) -> str:
     head = ["similarity", "T", "queue", "delayed", "n", "seeds",
-            *[display_name(m) for m in metrics]]
+            *[_label(m) for m in metrics]]
     over = replicates(groups)
     lines = ["# sccl report", "",
-             f"EER in %, mean ± sample std over {over} (n per configuration); "
+             f"EER in % (detection costs as numbers), mean ± sample std over {over} (n per "
+             "configuration); "
              f"{len(groups)} configuration(s), {sum(len(g.runs) for g in groups)} run(s). "
              + ("" if over == "seeds" else "Some runs of a configuration share a seed: they "
                 "are repeats, not seeds. ")
              + "pooled = EER over all sets' scores concatenated; mean = mean of the per-set "
-             "EERs. Best mean per column in bold.", "",
+             "EERs; min t-DCF, minDCF, actDCF, Cllr: sccl/dcf.py. Best mean per column in "
+             "bold.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = {m: np.nanmin([g.stats(m)[0] for g in groups]) for m in metrics}
     for g in groups:
@@ -234,15 +267,15 @@ def markdown(groups: list[Group], metrics: list[str], incomplete: list[Path],
                  ",".join(str(r.seed) for r in g.runs)]
         for m in metrics:
             mean, std = g.stats(m)
-            text = _cell(mean, std)
+            text = _cell(mean, std, m)
             cells.append(f"**{text}**" if len(groups) > 1 and mean == best[m] else text)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "", "| run | similarity | T | queue | queue start | seed | "
-              + " | ".join(display_name(m) for m in metrics) + " |",
+              + " | ".join(_label(m) for m in metrics) + " |",
               "|" + "---|" * (6 + len(metrics))]
     for g in groups:
         for r in g.runs:
-            vals = [_pct(r.eers.get(m, math.nan)) if m not in ("pooled", "mean")
+            vals = [_pct(r.eers.get(m, math.nan), m) if m not in ("pooled", "mean")
                     else _pct(getattr(r, m)) for m in metrics]
             lines.append(f"| {r.name} | {g.key[0]} | {g.key[1]:g} | {g.key[2]} | {g.key[3]} | "
                          f"{r.seed} | " + " | ".join(vals) + " |")
@@ -255,23 +288,28 @@ def markdown(groups: list[Group], metrics: list[str], incomplete: list[Path],
 
 
 def csv_tables(groups: list[Group], metrics: list[str]) -> tuple[str, str]:
-    """(grouped CSV, per-run CSV); EERs in %, empty where undefined."""
-    def num(x: float) -> str:
-        return "" if math.isnan(x) else f"{100 * x:.4f}"
+    """(grouped CSV, per-run CSV); EERs in % (columns *_pct), detection costs as numbers
+    (columns named after the metric, spaces as _), empty where undefined."""
+    def num(x: float, m: str = "") -> str:
+        return "" if math.isnan(x) else f"{x:.6f}" if _is_cost(m) else f"{100 * x:.4f}"
+
+    def col(m: str) -> str:
+        return m.replace(" ", "_") if _is_cost(m) else f"{m}_pct"
 
     grouped, per_run = io.StringIO(), io.StringIO()
     gw, rw = csv.writer(grouped, lineterminator="\n"), csv.writer(per_run, lineterminator="\n")
     gw.writerow(["similarity", "temperature", "queue_size", "queue_start_epoch", "delayed",
-                 "n_runs", "seeds", *[f"{m}_{s}_pct" for m in metrics for s in ("mean", "std")]])
+                 "n_runs", "seeds", *[f"{m}_{s}_pct" if not _is_cost(m) else
+                                      f"{col(m)}_{s}" for m in metrics for s in ("mean", "std")]])
     rw.writerow(["run", "similarity", "temperature", "queue_size", "queue_start_epoch", "seed",
-                 *[f"{m}_pct" for m in metrics], "path"])
+                 *[col(m) for m in metrics], "path"])
     for g in groups:
         sim, temp, q, start = g.key
-        stats = [num(v) for m in metrics for v in g.stats(m)]
+        stats = [num(v, m) for m in metrics for v in g.stats(m)]
         gw.writerow([sim, temp, q, start, int(q > 0 and start > 1), len(g.runs),
                      " ".join(str(r.seed) for r in g.runs), *stats])
         for r in g.runs:
-            vals = [num(r.eers.get(m, math.nan)) if m not in ("pooled", "mean")
+            vals = [num(r.eers.get(m, math.nan), m) if m not in ("pooled", "mean")
                     else num(getattr(r, m)) for m in metrics]
             rw.writerow([r.name, sim, temp, q, start, r.seed, *vals, str(r.path)])
     return grouped.getvalue(), per_run.getvalue()

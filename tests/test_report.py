@@ -140,3 +140,26 @@ def test_help_states_the_out_default(capsys):
         report.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "see above" not in out and "default: the directory given" in out
+
+
+def test_detection_costs_become_columns(tmp_path: Path, capsys):
+    from sccl.report import main
+
+    root = tmp_path / "runs"
+    for seed, tdcf in ((0, 0.2), (1, 0.4)):
+        run = make_run(root, f"s{seed}", "cosine", 0.07, 0, 1, seed, 0.1)
+        res = json.loads((run / "eval" / "results.json").read_text())
+        res["sets"]["la19"].update(min_tdcf={"pooled": tdcf}, min_dcf=0.5, dataset="asvspoof2019_la")
+        res["sets"]["as5"] = {"eer": 0.2, "dataset": "asvspoof5", "min_dcf": 0.3 + seed / 10,
+                              "act_dcf": 0.9, "cllr": 0.8}
+        (run / "eval" / "results.json").write_text(json.dumps(res))
+    assert main([str(root)]) == 0
+    md = (root / "report.md").read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| similarity"))
+    assert head.endswith("| LA19 | ITW | as5 | pooled | mean | LA19 min t-DCF | as5 minDCF | "
+                         "as5 actDCF | as5 Cllr |")
+    assert "| 0.3000 ± 0.1414 | 0.3500 ± 0.0707 | 0.9000 ± 0.0000 | 0.8000 ± 0.0000 |" in md
+    rows = (root / "report.csv").read_text().splitlines()
+    assert "la19_min_t-DCF_mean" in rows[0] and "as5_pct_mean" not in rows[0]
+    assert "as5_mean_pct" in rows[0] and ",0.300000,0.141421," in rows[1]
+    capsys.readouterr()
