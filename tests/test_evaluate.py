@@ -513,3 +513,35 @@ def test_evaluate_min_tdcf_costs_and_calibration_on_the_synthetic_corpus(trained
     md = (run / "eval" / "results.md").read_text()
     assert "## Detection costs" in md and "| set | EER % | minDCF | actDCF | Cllr | " in md
     assert "min t-DCF, ASVspoof 2019 (legacy)" in md and "ASVspoof 2021 (revised)" in md
+
+
+@pytest.mark.slow  # build -> Stage 1 (2 tiny epochs) -> Stage 2 -> evaluation, about 20 s
+def test_asvspoof5_end_to_end(tmp_path):
+    import subprocess
+    import sys
+
+    _, train = corpus_sets(tmp_path / "data", ["as5_train", "as5_dev"], split_by_label=True)
+    _, evals = corpus_sets(tmp_path / "data", ["as5"])
+    run = tmp_path / "run"
+    cfg = tmp_path / "stage1.json"
+    cfg.write_text(json.dumps({
+        "data": {"train_shards": str(train["as5_train"]), "dev_shards": str(train["as5_dev"]),
+                 "crop_seconds": 1.0, "batch_size": 2, "num_workers": 0, "shuffle_buffer": 8,
+                 "rawboost": False},
+        "model": {"encoder": "tiny", "proj_dim": 16}, "optim": {"epochs": 2},
+        "run": {"progress": False, "tensorboard": False}}))
+    proc = subprocess.run([sys.executable, "-m", "sccl.train_supcon", "--config", str(cfg),
+                           "--run.dir", str(run)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1",
+                                            "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS]) == 0
+    assert eval_main(_eval_args(run, f"as5={evals['as5']}", "--eval.tsne_points", "0",
+                                "--eval.calibrate", "dev")) == 0
+    res = json.loads((run / "eval" / "results.json").read_text())
+    e = res["sets"]["as5"]
+    assert e["dataset"] == "asvspoof5" and "per_codec" in e and len(e["per_attack"]) > 1
+    for key in ("eer", "min_dcf", "act_dcf", "cllr", "act_dcf_calibrated", "cllr_calibrated"):
+        assert np.isfinite(e[key]), key
+    md = (run / "eval" / "results.md").read_text()
+    assert re.search(r"\| as5 \| \d+\.\d\d \| \d\.\d{4} \| \d+\.\d{4} \| \d+\.\d{4} \|", md)
