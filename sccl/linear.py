@@ -40,15 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from sccl.config import ConfigError, from_dict, read_config_file
 from sccl.data import DataConfig
 from sccl.dcf import cllr
 from sccl.embed import EmbedOptions
-from sccl.fileio import atomic_write_bytes, atomic_write_json, file_sha256
+from sccl.fileio import atomic_write_json, file_sha256
 from sccl.metrics import compute_eer
+from sccl.model import save_tensors
 
 CLASSIFIER = "classifier.safetensors"
 THRESHOLD = "threshold.json"
@@ -160,10 +160,9 @@ def train_classifier(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray
 
 def save_classifier(stage2: Path, result: LinearResult, meta: dict) -> None:
     """Write classifier.safetensors, threshold.json and meta.json atomically (meta last)."""
-    blob = safetensors_save({"weight": result.weight.contiguous(), "bias": result.bias},
-                            metadata={"stage1_weights_sha256": meta["stage1_weights_sha256"]})
     (stage2 / CALIBRATION).unlink(missing_ok=True)  # fitted to the classifier replaced now
-    atomic_write_bytes(stage2 / CLASSIFIER, blob)
+    save_tensors(stage2 / CLASSIFIER, {"weight": result.weight, "bias": result.bias},
+                 {"stage1_weights_sha256": meta["stage1_weights_sha256"]})
     atomic_write_json(stage2 / THRESHOLD, {
         "threshold": result.threshold, "dev_eer": result.dev_eer, "epoch": result.best_epoch,
         "rule": "bona fide if score > threshold (score = logit, higher = bona fide)"})
@@ -248,9 +247,8 @@ def load_cache(path: Path, expect: dict) -> tuple[np.ndarray, np.ndarray, list[s
 
 
 def save_cache(path: Path, z: np.ndarray, label: np.ndarray, keys: list[str], fp: dict) -> None:
-    blob = safetensors_save({"z": torch.from_numpy(z), "label": torch.from_numpy(label)},
-                            metadata={"keys": json.dumps(keys), "fingerprint": json.dumps(fp)})
-    atomic_write_bytes(path, blob)
+    save_tensors(path, {"z": torch.from_numpy(z), "label": torch.from_numpy(label)},
+                 {"keys": json.dumps(keys), "fingerprint": json.dumps(fp)})
 
 
 # ------------------------------------------------------------------------ LLRs, calibration

@@ -26,6 +26,7 @@ script does before parsing its arguments, and `--help`) stays cheap.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -401,8 +402,7 @@ class SupConModel(nn.Module):
         Wav2Vec2Config, so the directory loads without the hub), each atomically."""
         directory = Path(directory)
         tensors, aliases = _dedupe_shared(self.state_dict())
-        blob = safetensors_save(tensors, metadata={"format": "pt", "aliases": json.dumps(aliases)})
-        atomic_write_bytes(directory / WEIGHTS_NAME, blob)
+        save_tensors(directory / WEIGHTS_NAME, tensors, {"aliases": json.dumps(aliases)})
         atomic_write_json(directory / CONFIG_NAME, {
             "format_version": FORMAT_VERSION,
             "model_config": dataclasses.asdict(self.cfg),
@@ -459,6 +459,17 @@ def _normalize_wave(wave: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     return (wave - mean) / torch.sqrt(var + 1e-7) * m
 
 
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+                 ) -> str:
+    """Write ``tensors`` (copied to CPU, contiguous) as one safetensors file with ``metadata``
+    (+ format "pt"), atomically; return its sha256. The one writer of sccl's own weights
+    files: SupConModel directories, the Stage 2 classifier and embedding cache, the export."""
+    cpu = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
+    blob = safetensors_save(cpu, metadata={"format": "pt", **metadata})
+    atomic_write_bytes(path, blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, str]]:
     """safetensors refuses tensors sharing storage: keep the first name of each, and map the
     others to it (restored on load)."""
@@ -471,7 +482,7 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, str]
             aliases[name] = seen[key]
             continue
         seen[key] = name
-        tensors[name] = t.detach().to("cpu").contiguous()
+        tensors[name] = t
     return tensors, aliases
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -40,14 +39,13 @@ import numpy as np
 import soundfile as sf
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
-from sccl.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_sha256
+from sccl.fileio import atomic_open, atomic_write_json, file_sha256
 from sccl.linear import RunMismatchError, linear_scores, llr_map, load_stage2
-from sccl.model import ModelConfig, ModelLoadError, SupConModel
+from sccl.model import ModelConfig, ModelLoadError, SupConModel, save_tensors
 
 EXPORT_FORMAT = "sccl-spoof-detector"
 EXPORT_VERSION = 2  # 2: config.json records weights_sha256 (1 had no hash: refused)
@@ -155,15 +153,14 @@ class SpoofDetector(nn.Module):
         directory = Path(directory)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
         _check_finite(state, f"export to {directory}")
-        blob = safetensors_save(state, metadata={"format": "pt"})
-        atomic_write_bytes(directory / WEIGHTS, blob)
+        weights_sha256 = save_tensors(directory / WEIGHTS, state, {})
         atomic_write_json(directory / CONFIG, {  # last: a directory with it is complete
             "model_type": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
             "model_config": dataclasses.asdict(self.model.cfg),
             "encoder_config": self.model.encoder.config.to_dict(),
             "proj_dim": self.classifier.in_features, "threshold": self.threshold,
             "sample_rate": self.sample_rate, "seconds": self.seconds,
-            "weights_sha256": hashlib.sha256(blob).hexdigest(),
+            "weights_sha256": weights_sha256,
             "score": "logit of Linear(z); higher = bona fide; bona fide if score > threshold",
             "llr": {"scale": self.llr_map[0], "offset": self.llr_map[1],
                     "calibrated": self.calibrated},  # LLR = scale * score + offset
