@@ -230,10 +230,9 @@ def min_tdcf_table(t: Trials, asv: AsvScores, subset: str | None) -> dict:
             in_c = every if c == POOLED else codec == c
             rates = asv.trials(attack=None if attack == POOLED else attack,
                                codec=None if c == POOLED else c, subset=subset)
+            bona, spoof = t.bonafide & in_c, ~t.bonafide & is_attack & in_c
             try:
-                value = min_tdcf(t.scores[t.bonafide & in_c], t.scores[~t.bonafide & is_attack
-                                                                       & in_c],
-                                 *rates, legacy=legacy)
+                value = min_tdcf(t.scores[bona], t.scores[spoof], *rates, legacy=legacy)
             except ValueError as err:
                 if attack == c == POOLED:
                     raise TrialError(f"set {t.name!r}, ASV scores {asv.path}: {err}") from None
