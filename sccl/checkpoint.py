@@ -190,6 +190,22 @@ def export_weights(accelerator, model, out: Path, info: dict[str, Any]) -> None:
     accelerator.wait_for_everyone()
 
 
+def save_training(accelerator, model, queue, state: TrainerState, paths: StagePaths, keep: int,
+                  exports: tuple[Path, ...] = (), info: dict | None = None) -> bool:
+    """Export the weights to each path in ``exports``, then checkpoint (keeping ``keep``).
+    Never writes non-finite weights, and no checkpoint right after a skipped (NaN/inf) step:
+    the newest checkpoint is always one taken after a good step. True if one was written."""
+    check_finite_weights(model, accelerator.device, state)
+    for path in exports:
+        export_weights(accelerator, model, path, info)
+    if state.nonfinite_consecutive:
+        accelerator.print("warning: no checkpoint after a skipped non-finite step")
+        return False
+    save_checkpoint(accelerator, paths.checkpoints, state,
+                    queue.state_dict() if queue.size else None, keep)
+    return True
+
+
 # ------------------------------------------------------------------------ resuming
 
 

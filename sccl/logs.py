@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +26,14 @@ from sccl.config import flatten, format_config, read_config_file, save_config, t
 from sccl.fileio import atomic_write_json, atomic_write_text
 
 
-@dataclass(frozen=True)
 class StagePaths:
-    """Paths inside ``<run>/<stage>``."""
+    """Paths inside ``<run>/<stage>`` (the layout above)."""
 
-    root: Path
-    stage: str
-
-    @property
-    def dir(self) -> Path:
-        return self.root / self.stage
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "config.yaml"
-
-    @property
-    def info(self) -> Path:
-        return self.dir / "run_info.json"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "log.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.dir / "checkpoints"
-
-    @property
-    def best(self) -> Path:
-        return self.dir / "best"
-
-    @property
-    def last(self) -> Path:
-        return self.dir / "last"
+    def __init__(self, root: Path, stage: str) -> None:
+        self.root, self.stage, self.dir = root, stage, root / stage
+        self.config, self.info, self.log, self.checkpoints, self.best, self.last = (
+            self.dir / name for name in ("config.yaml", "run_info.json", "log.jsonl",
+                                         "checkpoints", "best", "last"))
 
 
 def git_revision(path: str | Path | None = None) -> str:

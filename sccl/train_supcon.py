@@ -32,23 +32,8 @@ from typing import Literal
 
 import torch
 
-from sccl import debug, dist
-from sccl.accel import (
-    StopSignal,
-    build_accelerator,
-    fill_deepspeed_auto,
-    seed_all,
-    stop_signals_deferred,
-)
-from sccl.checkpoint import (
-    NonFiniteLossError,
-    StageClaim,
-    TrainerState,
-    check_finite_weights,
-    export_weights,
-    load_checkpoint,
-    save_checkpoint,
-)
+from sccl import accel, debug, dist, logs
+from sccl import checkpoint as ck
 from sccl.config import ConfigError, RunConfig, parse_config, report_input_error
 from sccl.data import (
     CorruptDataError,
@@ -56,15 +41,6 @@ from sccl.data import (
     ShardDirError,
     build_dev_loader,
     build_train_loader,
-)
-from sccl.logs import (
-    JsonlLogger,
-    StagePaths,
-    StepMeter,
-    progress,
-    record_run,
-    scalars,
-    tracker_config,
 )
 from sccl.losses import supcon_loss, supcon_loss_terms
 from sccl.memory import EmbeddingQueue, queue_active
@@ -121,7 +97,7 @@ def supcon_step_loss(z, labels, queue_z, queue_labels, cfg: LossConfig):
 
 
 @torch.no_grad()
-def dev_loss(model, cfg: TrainConfig, accelerator, stop: StopSignal) -> tuple[float | None, bool]:
+def dev_loss(model, cfg: TrainConfig, accelerator, stop: accel.StopSignal) -> tuple[float | None, bool]:
     """(mean balanced dev SupCon loss (no queue) over the batches gathered from all ranks, so
     the value does not depend on the world size, or None without dev shards; whether a stop
     signal cut the evaluation short). RNG-neutral, so an evaluation cut short and rerun after
@@ -135,7 +111,7 @@ def dev_loss(model, cfg: TrainConfig, accelerator, stop: StopSignal) -> tuple[fl
     batches = iter(loader)
     with torch.random.fork_rng(devices=[]):
         while not (stopped := stop.agreed(accelerator.device)):  # same count on every rank
-            with stop_signals_deferred():
+            with accel.stop_signals_deferred():
                 batch = next(batches, None)
             if batch is None:
                 break
@@ -193,7 +169,7 @@ def check_config(cfg: TrainConfig, accelerator) -> int:
     return n_batches
 
 
-def train(cfg: TrainConfig, stop: StopSignal) -> int:
+def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
     """Set-up, then one loop over epochs and optimizer steps; returns the exit code. ``stop``
     is installed before anything slow, so an early signal is not lost."""
     if not cfg.run.dir:
@@ -201,30 +177,30 @@ def train(cfg: TrainConfig, stop: StopSignal) -> int:
     if not cfg.data.train_shards:
         raise ConfigError("data.train_shards is required (a directory from sccl-shards build)")
     absolute_paths(cfg)
-    o, lc, paths = cfg.optim, cfg.loss, StagePaths(Path(cfg.run.dir), "stage1")
-    acc = build_accelerator(cfg.run.mixed_precision, o.grad_accum_steps, paths.dir,
+    o, lc, paths = cfg.optim, cfg.loss, logs.StagePaths(Path(cfg.run.dir), "stage1")
+    acc = accel.build_accelerator(cfg.run.mixed_precision, o.grad_accum_steps, paths.dir,
                             cfg.run.tensorboard)
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     n_micro = check_config(cfg, acc) // o.grad_accum_steps * o.grad_accum_steps  # per epoch
-    claim = StageClaim(acc, paths, "Stage 1", cfg.run.resume)  # exits 2 if the dir is in use
+    claim = ck.StageClaim(acc, paths, "Stage 1", cfg.run.resume)  # exits 2 if the dir is in use
     try:
-        seed_all(cfg.run.seed)  # identical initial weights on every rank
+        accel.seed_all(cfg.run.seed)  # identical initial weights on every rank
         model = SupConModel(cfg.model)
         cfg.model = model.cfg  # the SpecAugment values it resolved go into config.yaml
         groups = model.param_groups(o.encoder_lr, o.head_lr, o.weight_decay,
                                     exclude_norm_bias=o.exclude_norm_bias)
         optimizer, scheduler = build_optimizer(groups, o, n_micro // o.grad_accum_steps * o.epochs)
-        fill_deepspeed_auto(acc, sum(cfg.data.rank_rows(world)), o.grad_clip)
+        accel.fill_deepspeed_auto(acc, sum(cfg.data.rank_rows(world)), o.grad_clip)
         model, optimizer = acc.prepare(model, optimizer)
         if scheduler is not None:
             acc.register_for_checkpointing(scheduler)
         queue = EmbeddingQueue(lc.queue_size, cfg.model.proj_dim, device=device)
-        state = TrainerState()
+        state = ck.TrainerState()
         if claim.resume_from is not None:  # weights, optimizer, scheduler, every rank's RNG
-            state = load_checkpoint(acc, claim.resume_from, queue)
+            state = ck.load_checkpoint(acc, claim.resume_from, queue)
         else:
-            seed_all(cfg.run.seed + rank)  # distinct dropout on every rank from here on
-        record_run(acc, cfg, paths, claim.resume_from, stage="Stage 1")
+            accel.seed_all(cfg.run.seed + rank)  # distinct dropout on every rank from here on
+        logs.record_run(acc, cfg, paths, claim.resume_from, stage="Stage 1")
         if state.finished:
             acc.print("this run has already finished; nothing to do")
             return 0
@@ -233,11 +209,11 @@ def train(cfg: TrainConfig, stop: StopSignal) -> int:
                       "rerun the same command to resume")
             return 0
         if cfg.run.tensorboard:
-            acc.init_trackers("tb", config=tracker_config(cfg))
-        logger = JsonlLogger(paths.log, acc.is_main_process,  # a fresh run: a fresh log.jsonl
+            acc.init_trackers("tb", config=logs.tracker_config(cfg))
+        logger = logs.JsonlLogger(paths.log, acc.is_main_process,  # a fresh run: a fresh log.jsonl
                              resume_step=state.global_step if claim.resume_from else None)
-        save = partial(save_and_export, acc, model, queue, state, paths, cfg.run.keep_checkpoints)
-        meter = StepMeter()
+        save = partial(ck.save_training, acc, model, queue, state, paths, cfg.run.keep_checkpoints)
+        meter = logs.StepMeter()
         window = []  # the batch of every rank per micro-batch, enqueued after the window's step
         select_late = o.select_after_queue_start and lc.queue_size > 0
 
@@ -245,7 +221,7 @@ def train(cfg: TrainConfig, stop: StopSignal) -> int:
             state.epoch = epoch
             batches = iter(build_train_loader(cfg.data, rank=rank, world_size=world, epoch=epoch,
                                               start_step=state.step_in_epoch))
-            bar = progress(n_micro, state.step_in_epoch, f"epoch {epoch}",
+            bar = logs.progress(n_micro, state.step_in_epoch, f"epoch {epoch}",
                            enabled=acc.is_main_process and cfg.run.progress)
             meter.reset()
             model.train()
@@ -256,7 +232,7 @@ def train(cfg: TrainConfig, stop: StopSignal) -> int:
                 state.queue_started |= active
                 # DataLoader start-up draws a seed from torch's RNG (a resumed run would draw it
                 # at another point), and forks the workers (which must not die of a stop signal)
-                with torch.random.fork_rng(devices=[]), stop_signals_deferred():
+                with torch.random.fork_rng(devices=[]), accel.stop_signals_deferred():
                     batch = next(batches)
                 labels = batch["label"].to(device)
                 # queue read: every micro-batch of a window sees the queue as at its start
@@ -289,7 +265,7 @@ def train(cfg: TrainConfig, stop: StopSignal) -> int:
                 if log_now:
                     record = log_record(state, meter, len(queue) if active else 0, world, checks)
                     logger.log(record)
-                    acc.log({f"train/{k}": v for k, v in scalars(record).items()},
+                    acc.log({f"train/{k}": v for k, v in logs.scalars(record).items()},
                             step=state.global_step)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                 preempted = stop.agreed(device)
@@ -354,23 +330,7 @@ def train(cfg: TrainConfig, stop: StopSignal) -> int:
         acc.end_training()
 
 
-def save_and_export(acc, model, queue: EmbeddingQueue, state: TrainerState, paths: StagePaths,
-                    keep: int, exports: tuple[Path, ...] = (), info: dict | None = None) -> bool:
-    """Export the weights to each path in ``exports``, then checkpoint. Never writes
-    non-finite weights, and no checkpoint right after a skipped (NaN/inf) step: the newest
-    checkpoint is always one taken after a good step. True if one was written."""
-    check_finite_weights(model, acc.device, state)
-    for path in exports:
-        export_weights(acc, model, path, info)
-    if state.nonfinite_consecutive:
-        acc.print("warning: no checkpoint after a skipped non-finite step")
-        return False
-    save_checkpoint(acc, paths.checkpoints, state, queue.state_dict() if queue.size else None,
-                    keep)
-    return True
-
-
-def log_record(state: TrainerState, meter: StepMeter, queue_fill: int, world_size: int,
+def log_record(state: ck.TrainerState, meter: logs.StepMeter, queue_fill: int, world_size: int,
                checks: dict) -> dict:
     """One log.jsonl line for a logging step."""
     return {"global_step": state.global_step, "epoch": state.epoch,
@@ -390,12 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(TrainConfig, argv, prog="python -m sccl.train_supcon")
     except ConfigError as e:
         return report_input_error(e)
-    stop = StopSignal()  # before anything slow: a signal from here on is not lost
+    stop = accel.StopSignal()  # before anything slow: a signal from here on is not lost
     try:
         return train(cfg, stop)
     except (ConfigError, ModelLoadError, ShardDirError, CorruptDataError) as e:
         return report_input_error(e)
-    except NonFiniteLossError as e:
+    except ck.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     finally:
