@@ -117,12 +117,9 @@ def _worth_showing(line: str) -> bool:
 
 
 def stage1_done(run: Path) -> bool:
-    from sccl.runtime import list_checkpoints
+    from sccl.checkpoint import stage1_finished
 
-    ckpts = list_checkpoints(run / "stage1" / "checkpoints")
-    if not ckpts or not (run / "stage1" / "best" / "model.safetensors").is_file():
-        return False
-    return bool(json.loads((ckpts[-1] / "trainer_state.json").read_text()).get("finished"))
+    return stage1_finished(run) and (run / "stage1" / "best" / "model.safetensors").is_file()
 
 
 def stage2_done(run: Path) -> bool:
