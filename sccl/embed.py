@@ -21,13 +21,15 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from sccl import dist
 
-CROPS = ("first", "full", "windows")
+Crop = Literal["first", "full", "windows"]
+CROPS = get_args(Crop)
 
 
 class EmbedError(RuntimeError):
@@ -38,14 +40,18 @@ class EmbedError(RuntimeError):
 class EmbedOptions:
     """How utterances are cropped and batched for embedding."""
 
-    crop: str = "first"
+    crop: Crop = "first"
     """"first": the first `seconds` of each utterance (as in training); "full": the whole
     utterance; "windows": windows of `seconds` every `hop_seconds`, the utterance's embedding
     being the mean of its windows' (so a linear score is the mean of the window scores)."""
-    seconds: float = 10.0  # crop length ("first") or window length ("windows")
-    hop_seconds: float = 0.0  # window hop ("windows" only); 0 = seconds / 2
-    batch_size: int = 16  # utterances (or windows) per forward pass on each rank
-    bf16: bool = True  # bf16 autocast on CUDA devices that support it; fp32 elsewhere
+    seconds: float = 10.0
+    """Crop length ("first") or window length ("windows")."""
+    hop_seconds: float = 0.0
+    """Window hop ("windows" only); 0 = seconds / 2."""
+    batch_size: int = 16
+    """Utterances (or windows) per forward pass on each rank."""
+    bf16: bool = True
+    """Use bf16 autocast on CUDA devices that support it; fp32 elsewhere."""
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:

@@ -46,7 +46,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -88,7 +88,8 @@ from sccl.results import (
     write_score_file,
 )
 
-SUBSETS = ("eval", "progress", "hidden_track", "all")
+Subset = Literal["eval", "progress", "hidden_track", "all"]
+SUBSETS = get_args(Subset)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -96,7 +97,8 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 class EvalRunConfig:
     """Which run to evaluate."""
 
-    dir: str = ""  # run directory with stage1/ and stage2/ (required); writes <dir>/eval
+    dir: str = ""
+    """Run directory with stage1/ and stage2/ (required); writes <dir>/eval."""
 
 
 @dataclass
@@ -106,13 +108,18 @@ class EvalSetsConfig:
     sets: list[str] = field(default_factory=list)
     """Eval sets as name=SHARD_DIR (comma-separated on the command line), e.g.
     la19=shards/la19_eval,itw=shards/itw; a bare SHARD_DIR is named after its folder."""
-    subset: str = "eval"
+    subset: Subset = "eval"
     """ASVspoof 2021 trials entering the EERs: eval | progress | hidden_track | all."""
-    bootstrap: int = 1000  # replicates for the 95 % CIs (0 = none); cost: bench/bench_eval.py
-    seed: int = 0  # bootstrap and t-SNE subsample seed
-    tsne_points: int = 2000  # eval embeddings in the t-SNE picture (0 = no t-SNE)
-    plots: bool = True  # DET curves and score histograms
-    num_workers: int = -1  # loader workers per rank (-1 = Stage 1's data.num_workers)
+    bootstrap: int = 1000
+    """Replicates for the 95 % CIs (0 = none); cost: bench/bench_eval.py."""
+    seed: int = 0
+    """Bootstrap and t-SNE subsample seed."""
+    tsne_points: int = 2000
+    """Eval embeddings in the t-SNE picture (0 = no t-SNE)."""
+    plots: bool = True
+    """DET curves and score histograms."""
+    num_workers: int = -1
+    """Loader workers per rank (-1 = Stage 1's data.num_workers)."""
     fresh: bool = False
     """Forget the sets of earlier calls (by default a call adds its sets to results.json)."""
     asv_scores: list[str] = field(default_factory=list)

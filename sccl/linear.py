@@ -64,13 +64,20 @@ class RunMismatchError(RuntimeError):
 class LinearConfig:
     """Stage 2 classifier training (defaults: the study's code)."""
 
-    lr: float = 1e-4  # AdamW learning rate
-    weight_decay: float = 1e-4  # AdamW weight decay
-    batch_size: int = 64  # embeddings per step
-    max_epochs: int = 200  # upper bound on epochs
-    patience: int = 15  # stop after this many epochs without a lower dev EER
-    pos_weight: float = 0.0  # BCE weight of bona fide (label 1); 0 = #spoof / #bona fide
-    seed: int = 42  # classifier init and batch order
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    batch_size: int = 64
+    """Embeddings per step."""
+    max_epochs: int = 200
+    """Upper bound on epochs."""
+    patience: int = 15
+    """Stop after this many epochs without a lower dev EER."""
+    pos_weight: float = 0.0
+    """BCE weight of bona fide (label 1); 0 = #spoof / #bona fide."""
+    seed: int = 42
+    """Classifier init and batch order."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.pos_weight < 0:

@@ -31,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 
 XLSR_300M_HUB_ID = "facebook/wav2vec2-xls-r-300m"
 PRESETS = ("tiny", "xlsr-300m-random")
-AGGREGATIONS = ("mean_all", "last", "weighted")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+Aggregation = Literal["mean_all", "last", "weighted"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
+AGGREGATIONS, ATTN_IMPLEMENTATIONS = get_args(Aggregation), get_args(AttnImplementation)
 CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -92,7 +93,7 @@ class ModelConfig:
     """A hub id or local directory passed to `Wav2Vec2Model.from_pretrained` (default: the
     study's XLS-R 300M), or a random-init preset: "tiny" (tests, demo) | "xlsr-300m-random"
     (presets win over a directory with the same name)."""
-    aggregation: str = "mean_all"
+    aggregation: Aggregation = "mean_all"
     """"mean_all": mean of all L+1 hidden states (input to layer 1 + every layer; 25 for
     XLS-R), as the study; "last": last layer only; "weighted": learned softmax-weighted sum
     (weights start uniform, i.e. equal to mean_all)."""
@@ -115,7 +116,7 @@ class ModelConfig:
     mask_feature_prob: float | None = None
     """SpecAugment feature masking inside the encoder in train mode; null = the checkpoint's
     value (presets: 0); a number overrides."""
-    attn_implementation: str = "sdpa"
+    attn_implementation: AttnImplementation = "sdpa"
     """Encoder attention kernel: "sdpa" (torch scaled_dot_product_attention), "eager",
     "flash_attention_2" (needs CUDA and flash-attn) or "flex_attention"."""
     normalize_wave: bool = False

@@ -17,23 +17,36 @@ class OptimConfig:
     """AdamW, clipping, schedule, length of training and model selection (defaults: the
     study's, docs/study.md)."""
 
-    epochs: int = 100  # maximum number of epochs
-    patience: int = 10  # stop after this many epochs without a better dev loss (0 = never)
-    encoder_lr: float = 1e-5  # learning rate of the XLS-R encoder
-    head_lr: float = 5e-4  # learning rate of the projection head (and layer weights)
-    weight_decay: float = 3e-3  # AdamW decoupled weight decay
-    exclude_norm_bias: bool = False  # no decay on biases/norm gains (the study decays all)
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.999  # AdamW beta2
-    eps: float = 1e-8  # AdamW epsilon
-    grad_clip: float = 5.0  # max gradient norm over clip_scope's parameters (0 = no clipping)
+    epochs: int = 100
+    """Maximum number of epochs."""
+    patience: int = 10
+    """Stop after this many epochs without a better dev loss (0 = never)."""
+    encoder_lr: float = 1e-5
+    """Learning rate of the XLS-R encoder."""
+    head_lr: float = 5e-4
+    """Learning rate of the projection head (and layer weights)."""
+    weight_decay: float = 3e-3
+    """AdamW decoupled weight decay."""
+    exclude_norm_bias: bool = False
+    """No decay on biases/norm gains (the study decays all)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.999
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 5.0
+    """Max gradient norm over clip_scope's parameters (0 = no clipping)."""
     clip_scope: Literal["head", "all"] = "head"
     """Gradients that grad_clip clips: "head" = the projection head's only (the study),
     "all" = encoder and head together (the only scope DeepSpeed can do: it clips inside its
     own step, so "head" is refused there)."""
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (the remainder of an epoch is dropped)
-    scheduler: Literal["none", "cosine", "linear"] = "none"  # lr decay to 0 (the study: none)
-    warmup_steps: int = 0  # linear warm-up optimizer steps (scheduler cosine/linear only)
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (the remainder of an epoch is dropped)."""
+    scheduler: Literal["none", "cosine", "linear"] = "none"
+    """Learning-rate decay to 0 (the study: none)."""
+    warmup_steps: int = 0
+    """Linear warm-up optimizer steps (scheduler cosine/linear only)."""
     select_after_queue_start: bool = True
     """With a queue (loss.queue_size > 0): forget the best dev loss and the patience count at
     the end of the first epoch that used the queue, so best/ and early stopping only consider

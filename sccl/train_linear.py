@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -56,19 +57,26 @@ from sccl.model import ModelLoadError, SupConModel
 class Stage2RunConfig:
     """Which run, which Stage 1 weights, what to write."""
 
-    dir: str = ""  # run directory holding stage1/ (required); writes <dir>/stage2
-    stage1: str = "best"  # Stage 1 weights to freeze: "best" or "last"
-    export: bool = True  # also write <dir>/export (SpoofDetector.save_pretrained)
-    progress: bool = True  # print one line per epoch on the main process
+    dir: str = ""
+    """Run directory holding stage1/ (required); writes <dir>/stage2."""
+    stage1: Literal["best", "last"] = "best"
+    """Stage 1 weights to freeze: "best" or "last"."""
+    export: bool = True
+    """Also write <dir>/export (SpoofDetector.save_pretrained)."""
+    progress: bool = True
+    """Print one line per epoch on the main process."""
 
 
 @dataclass
 class Stage2DataConfig:
     """Shards to embed; empty = what Stage 1 trained on (its config.yaml)."""
 
-    train_shards: str = ""  # LA19 train shard directory ("" = Stage 1's data.train_shards)
-    dev_shards: str = ""  # LA19 dev shard directory ("" = Stage 1's data.dev_shards)
-    num_workers: int = -1  # loader workers per rank (-1 = Stage 1's data.num_workers)
+    train_shards: str = ""
+    """LA19 train shard directory ("" = Stage 1's data.train_shards)."""
+    dev_shards: str = ""
+    """LA19 dev shard directory ("" = Stage 1's data.dev_shards)."""
+    num_workers: int = -1
+    """Loader workers per rank (-1 = Stage 1's data.num_workers)."""
 
 
 @dataclass

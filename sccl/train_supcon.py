@@ -52,13 +52,20 @@ from sccl.optim import OptimConfig, build_optimizer, optimizer_step
 class LossConfig:
     """SupCon similarity, temperature, cross-batch queue and gathered-batch option."""
 
-    similarity: Literal["cosine", "angular"] = "cosine"  # s_ij: dot product or 1 - 2*theta/pi
-    temperature: float = 0.3  # the study: 0.3 for cosine, 0.07 for angular
-    queue_size: int = 0  # global queue of past embeddings (0 = off; the study: 256..8192)
-    queue_start_epoch: int = 1  # first epoch that uses the queue (6 = the study's delayed queue)
-    queue_start_step: int = 0  # and first global optimizer step (0 = no step condition)
-    queue_positives: bool = False  # same-label queue entries count as positives (XBM style)
-    gather_batch: bool = False  # contrast local anchors with the batch of every rank
+    similarity: Literal["cosine", "angular"] = "cosine"
+    """Similarity s_ij: "cosine" = dot product of unit vectors, "angular" = 1 - 2*theta/pi."""
+    temperature: float = 0.3
+    """Softmax temperature T (the study: 0.3 for cosine, 0.07 for angular)."""
+    queue_size: int = 0
+    """Global queue of past embeddings (0 = off; the study: 256..8192)."""
+    queue_start_epoch: int = 1
+    """First epoch that uses the queue (6 = the study's delayed queue)."""
+    queue_start_step: int = 0
+    """First global optimizer step that uses the queue too (0 = no step condition)."""
+    queue_positives: bool = False
+    """Same-label queue entries count as positives (XBM style)."""
+    gather_batch: bool = False
+    """Contrast local anchors with the batch of every rank."""
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:

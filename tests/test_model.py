@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -210,14 +210,14 @@ def test_missing_encoder_gives_clear_error_without_network(tmp_path, monkeypatch
     (tmp_path / "file").write_text("x")
     with pytest.raises(ModelLoadError, match="not a directory"):
         SupConModel(ModelConfig(encoder="file"))
-    start = time.monotonic()
+    probes = _spy_on_hub_requests(monkeypatch)
     for hub_shaped in ("models/xlsr-300m", "facebook/wav2vec2-xls-r-300m"):
         with pytest.raises(ModelLoadError, match=f"no such directory: {hub_shaped}; as a hub id "
                            "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
             SupConModel(ModelConfig(encoder=hub_shaped))
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         SupConModel(ModelConfig())  # the default encoder is the study's hub model
-    assert time.monotonic() - start < 10
+    assert probes == []  # offline: not one request (so no retries either)
     make().save_pretrained(tmp_path / "run")
     with pytest.raises(ModelLoadError, match="SupConModel.from_pretrained"):
         SupConModel(ModelConfig(encoder=str(tmp_path / "run")))
@@ -352,11 +352,33 @@ def test_unreachable_hub_fails_after_one_probe(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    start = time.monotonic()
+    probes = _spy_on_hub_requests(monkeypatch)
     with pytest.raises(ModelLoadError, match="no such directory: sccl-tests/none; as a hub id "
                        "the hub is unreachable"):
         SupConModel(ModelConfig(encoder="sccl-tests/none"))
-    assert time.monotonic() - start < 10
+    # one probe, and no download attempt (from_pretrained's own retries) after it failed
+    assert probes == ["model_info sccl-tests/none"]
+
+
+def _spy_on_hub_requests(monkeypatch) -> list[str]:
+    """Record the hub probe and every from_pretrained that may reach the network."""
+    from transformers import Wav2Vec2Model
+
+    calls: list[str] = []
+    real_info, real_load = huggingface_hub.HfApi.model_info, Wav2Vec2Model.from_pretrained.__func__
+
+    def model_info(self, repo_id, **kw):
+        calls.append(f"model_info {repo_id}")
+        return real_info(self, repo_id, **kw)
+
+    def from_pretrained(cls, name, *args, **kw):
+        if not kw.get("local_files_only") and not Path(str(name)).is_dir():
+            calls.append(f"from_pretrained {name}")
+        return real_load(cls, name, *args, **kw)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(Wav2Vec2Model, "from_pretrained", classmethod(from_pretrained))
+    return calls
 
 
 @pytest.mark.parametrize("prob", [0.05, 0.0])
