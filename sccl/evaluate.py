@@ -290,6 +290,9 @@ def run_eval(cfg: EvalConfig) -> int:
             if cfg.eval.calibrate == "dev":
                 calibrate(run, meta, weight, bias)
             report(cfg, run, paths.dir, dict(sets), scored, meta, thr, data_cfg, model_id, asv)
+        # The other ranks wait for rank 0's report: a rank that tears its process group down
+        # while a peer still holds it open can abort the job (seen with gloo).
+        accelerator.wait_for_everyone()
     finally:
         claim.release()
     accelerator.end_training()

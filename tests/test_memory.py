@@ -140,7 +140,7 @@ def test_constructor_checks(size, dim):
 
 
 def test_delayed_start_by_epoch():
-    # REFERENCE: epochs 1-5 without a queue, created empty at epoch 6
+    # the study: epochs 1-5 without a queue, created empty at epoch 6
     active = [queue_active(e, 0, size=4096, start_epoch=6) for e in range(1, 9)]
     assert active == [False] * 5 + [True] * 3
     assert queue_active(1, 0, size=4096, start_epoch=1)
