@@ -54,9 +54,14 @@ SETS = {
              ["--subset", "all"]),
 }
 EVAL_SETS = {"la19": "la19_eval", "itw": "itw", "la21": "la21", "df21": "df21"}
-# Columns of the seeds table: the four sets, then results.json's pooled and mean EER.
+# Columns of the seeds table: EER (%) of the four sets, results.json's pooled and mean EER,
+# then the pooled min t-DCF of the sets with ASV scores (a cost in [0, 1], not a %).
 COLUMNS = {"la19": "LA19", "itw": "ITW", "la21": "LA21", "df21": "DF21", "pooled": "pooled",
-           "mean": "mean"}
+           "mean": "mean", "la19_tdcf": "LA19 min t-DCF", "la21_tdcf": "LA21 min t-DCF"}
+DIGITS = {"la19_tdcf": 4, "la21_tdcf": 4}  # EERs get 2
+# The synthetic corpus ships ASV scores in the official layouts (for min t-DCF).
+ASV_SCORES = {"la19": "LA/ASVspoof2019_LA_asv_scores/ASVspoof2019.LA.asv.eval.gi.trl.scores.txt",
+              "la21": "keys/LA/ASV"}
 # --size tiny (tests): a few utterances per set, so everything is smaller and shorter.
 TINY_STAGE1 = ["--data.batch_size", "4", "--data.crop_seconds", "1.0", "--optim.epochs", "2",
                "--data.shuffle_buffer", "8"]
@@ -133,11 +138,12 @@ def stage2_done(run: Path) -> bool:
 
 
 def eval_done(run: Path, names: list[str]) -> bool:
-    """results.json newer than Stage 2, for these sets."""
+    """results.json newer than Stage 2, for these sets, with min t-DCF where ASV scores exist."""
     res, meta = run / "eval" / "results.json", run / "stage2" / "meta.json"
     if not res.is_file() or res.stat().st_mtime < meta.stat().st_mtime:
         return False
-    return list(json.loads(res.read_text()).get("sets", {})) == names
+    sets = json.loads(res.read_text()).get("sets", {})
+    return sorted(sets) == sorted(names) and all(sets[n].get("min_tdcf") for n in ASV_SCORES)
 
 
 Step = tuple[str, list[str], bool]  # (step name, command, already done)
@@ -171,7 +177,9 @@ def run_steps(args: argparse.Namespace, run: Path, seed: int | None, port: int) 
     s2 = ["--run.dir", str(run), *EMBED, "--run.progress", "false", *STAGE2]
     s2 += [] if seed is None else ["--linear.seed", str(seed)]
     sets = ",".join(f"{k}={shards / v}" for k, v in EVAL_SETS.items())
-    ev = ["--run.dir", str(run), "--eval.sets", sets, *EMBED, "--eval.tsne_points", "1000",
+    asv = ",".join(f"{k}={args.out / 'corpus' / v}" for k, v in ASV_SCORES.items())
+    ev = ["--run.dir", str(run), "--eval.sets", sets, "--eval.asv_scores", asv, *EMBED,
+          "--eval.tsne_points", "1000",
           "--eval.subset", "all" if args.size == "tiny" else "eval"]
     s1_done = stage1_done(run)
     s2_done = s1_done and stage2_done(run)
@@ -205,10 +213,12 @@ def plan(args: argparse.Namespace) -> list[Step]:
 
 
 def seed_eers(results: dict) -> dict[str, float]:
-    """One run's results.json -> {column: EER in %} for the seeds table."""
+    """One run's results.json -> {column: EER in % or min t-DCF} for the seeds table."""
     row = {k: 100 * results["sets"][k]["eer"] for k in EVAL_SETS}
     row["pooled"] = 100 * results["pooled_eer"]["eer"]
     row["mean"] = 100 * results["mean_eer"]["eer"]
+    for k in ASV_SCORES:
+        row[f"{k}_tdcf"] = results["sets"][k]["min_tdcf"]["pooled"]
     return row
 
 
@@ -231,20 +241,24 @@ def seeds_markdown(summary: dict) -> str:
     """The seeds table: one row per seed, then mean +- std and spread (EER in %)."""
     head = ["seed", *COLUMNS.values()]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    def num(col: str, value: float) -> str:
+        return f"{value:.{DIGITS.get(col, 2)}f}"
+
     for seed in summary["seeds"]:
         row = summary["per_seed"][str(seed)]
-        lines.append(f"| {seed} | " + " | ".join(f"{row[c]:.2f}" for c in COLUMNS) + " |")
+        lines.append(f"| {seed} | " + " | ".join(num(c, row[c]) for c in COLUMNS) + " |")
 
     def pm(col: str) -> str:
         std = summary["std"][col]
-        return f"{summary['mean'][col]:.2f}" + ("" if std is None else f" +- {std:.2f}")
+        return num(col, summary["mean"][col]) + ("" if std is None else f" +- {num(col, std)}")
 
     lines.append("| mean +- std | " + " | ".join(pm(c) for c in COLUMNS) + " |")
     lines.append("| spread (max - min) | "
-                 + " | ".join(f"{summary['spread'][c]:.2f}" for c in COLUMNS) + " |")
+                 + " | ".join(num(c, summary["spread"][c]) for c in COLUMNS) + " |")
     n = len(summary["seeds"])
-    return ("\n".join(lines) + f"\n\nEER in %, {n} seed{'s' * (n > 1)}; std is the sample "
-            "standard deviation (n - 1); chance is 50 %.\n")
+    return ("\n".join(lines) + f"\n\nEER in % (chance is 50 %) and pooled min t-DCF (with the "
+            f"corpus's synthetic ASV scores; 1 = no better than no countermeasure), {n} "
+            f"seed{'s' * (n > 1)}; std is the sample standard deviation (n - 1).\n")
 
 
 def write_seeds(args: argparse.Namespace, walls: dict[int | None, float]) -> str:
