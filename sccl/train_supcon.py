@@ -186,7 +186,7 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
     absolute_paths(cfg)
     o, lc, paths = cfg.optim, cfg.loss, logs.StagePaths(Path(cfg.run.dir), "stage1")
     acc = accel.build_accelerator(cfg.run.mixed_precision, o.grad_accum_steps, paths.dir,
-                            cfg.run.tensorboard)
+                                  cfg.run.tensorboard)
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     n_micro = check_config(cfg, acc) // o.grad_accum_steps * o.grad_accum_steps  # per epoch
     claim = ck.StageClaim(acc, paths, "Stage 1", cfg.run.resume)  # exits 2 if the dir is in use
@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
         if cfg.run.tensorboard:
             acc.init_trackers("tb", config=logs.tracker_config(cfg))
         logger = logs.JsonlLogger(paths.log, acc.is_main_process,  # a fresh run: a fresh log.jsonl
-                             resume_step=state.global_step if claim.resume_from else None)
+                                  resume_step=state.global_step if claim.resume_from else None)
         save = partial(ck.save_training, acc, model, queue, state, paths, cfg.run.keep_checkpoints)
         meter = logs.StepMeter()
         window = []  # the batch of every rank per micro-batch, enqueued after the window's step
@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
             batches = iter(build_train_loader(cfg.data, rank=rank, world_size=world, epoch=epoch,
                                               start_step=state.step_in_epoch))
             bar = logs.progress(n_micro, state.step_in_epoch, f"epoch {epoch}",
-                           enabled=acc.is_main_process and cfg.run.progress)
+                                enabled=acc.is_main_process and cfg.run.progress)
             meter.reset()
             model.train()
             for micro in range(state.step_in_epoch, n_micro):
