@@ -109,6 +109,25 @@ class StopSignal:
 
 
 @contextlib.contextmanager
+def exit_on_stop_signals():
+    """For stages that simply rerun (Stage 2, evaluation): SIGTERM / SIGUSR1 raise SystemExit
+    (exit code 128 + signal), so ``finally`` blocks run and the stage directory's lock is
+    released at once (a lock left behind would block a requeued job on another node until it
+    went stale). Previous handlers come back on exit."""
+
+    def leave(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signals = (signal.SIGTERM, signal.SIGUSR1)
+    previous = {s: signal.signal(s, leave) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
 def stop_signals_deferred():
     """Block the stop signals while a loader may fork its workers (pending ones are handled
     on exit). A forked worker inherits the blocked mask, so a signal sent to every process of

@@ -50,7 +50,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from sccl.accel import build_accelerator
+from sccl.accel import build_accelerator, exit_on_stop_signals
 from sccl.aggregate import TrialError, Trials, detection_costs, min_tdcf_table, summarise
 from sccl.asv import AsvScoreError, AsvScores, read_asv_scores
 from sccl.checkpoint import StageClaim
@@ -415,7 +415,9 @@ def tsne_sample(trials: list[Trials], embs: dict[str, np.ndarray], n: int, seed:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit code 0 done, 2 bad input."""
     try:
-        return run_eval(parse_config(EvalConfig, argv, prog="python -m sccl.evaluate"))
+        cfg = parse_config(EvalConfig, argv, prog="python -m sccl.evaluate")
+        with exit_on_stop_signals():  # a stop unwinds: the stage lock is released
+            return run_eval(cfg)
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError,
             TrialError, ScoreFileError, AsvScoreError) as e:
         return report_input_error(e)

@@ -4,7 +4,7 @@ revision, run_info.json, the JSON-lines log and the numbers of a training log li
 Run directory of a stage (``StagePaths``; Stage 1 = ``<run>/stage1``):
 
     <run>/<stage>/config.yaml        resolved config (loadable with --config), git revision on top
-    <run>/<stage>/run_info.json      git revision, command line, world size, versions, start time
+    <run>/<stage>/run_info.json      git revision, command line, world size, versions
     <run>/<stage>/log.jsonl          one JSON object per logging step (and one per epoch)
     <run>/<stage>/tb/                TensorBoard event files (Accelerate tracker)
     <run>/<stage>/checkpoints/step-NNNNNNNN/   resumable state (sccl/checkpoint.py)

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from sccl import dist
-from sccl.accel import build_accelerator
+from sccl.accel import build_accelerator, exit_on_stop_signals
 from sccl.checkpoint import StageClaim
 from sccl.config import (
     ConfigError,
@@ -193,7 +193,9 @@ def fit_and_save(cfg: Stage2Config, run: Path, paths: StagePaths, splits: dict,
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit code 0 done, 2 bad input (config, run directory, shards)."""
     try:
-        return run_stage2(parse_config(Stage2Config, argv, prog="python -m sccl.train_linear"))
+        cfg = parse_config(Stage2Config, argv, prog="python -m sccl.train_linear")
+        with exit_on_stop_signals():  # a stop unwinds: the stage lock is released
+            return run_stage2(cfg)
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError) as e:
         return report_input_error(e)
 

@@ -179,6 +179,25 @@ def test_stage2_refuses_a_stage_dir_in_use(stage2_run, capsys):
     assert "Stage 2" in err and "is in use" in err and f"pid {os.getpid()}" in err, err
 
 
+def test_stage2_stopped_by_sigterm_releases_its_lock(stage2_run, monkeypatch):
+    # A requeued job may restart on another node, which could not take over a lock left behind.
+    import signal
+
+    import sccl.train_linear as tl
+
+    def stopped(*args, **kwargs):  # the signal arrives once the stage holds its directory
+        assert (run / "stage2" / ".lock").is_file()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    run, _ = stage2_run
+    monkeypatch.setattr(tl, "record_run", stopped)
+    with pytest.raises(SystemExit) as stop:
+        stage2_main(["--run.dir", str(run), *STAGE2_ARGS])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert not (run / "stage2" / ".lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
 def test_logit_minus_prior_log_odds_is_the_llr():
     # Classes N(+1, 1) (bona fide) and N(-1, 1): the true LLR is 2x. A logistic fit with
     # pos_weight 3 on 2000 bona fide / 8000 spoof learns 2x + log(3 * 2000 / 8000).
