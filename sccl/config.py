@@ -13,9 +13,9 @@ Rules (all violations raise ``ConfigError`` naming the file, line or flag, and t
   words ``true``/``false`` on the command line; a bare ``--flag`` means true), int fields
   whole numbers, float fields finite numbers (``1e-5`` is accepted although YAML 1.1 reads it
   as a string; ``nan``/``inf`` are refused: a NaN compares false with every bound, so it would
-  pass range checks and silently disable what it sets), str fields strings (quote numbers-as-names in YAML), ``Literal`` fields one of
-  their choices, ``Optional`` fields also ``null``/``none``; lists are YAML lists or
-  comma-separated on the command line;
+  pass range checks and silently disable what it sets), str fields strings (quote
+  numbers-as-names in YAML), ``Literal`` fields one of their choices, ``Optional`` fields also
+  ``null``/``none``; lists are YAML lists or comma-separated on the command line;
 - ``--key`` without a section is accepted when exactly one section has a field of that name;
 - a key written twice in one mapping of a file (a section repeated, say) is an error naming
   the key and both lines: YAML would silently keep the second;
@@ -29,6 +29,7 @@ hand-written rather than a library's: docs/config.md.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -75,13 +76,9 @@ def report_input_error(error: BaseException | str, code: int = 2) -> int:
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
 def _fields(cls: type) -> dict[str, Any]:
     """Init fields of a config dataclass -> resolved type."""
-    hints = _hints(cls)
+    hints = get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
@@ -151,13 +148,9 @@ def _coerce(value: Any, tp: Any, where: str, text: bool) -> Any:
 
 def _coerce_float(value: Any, where: str, got: str) -> float:
     number = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-        try:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-5 (no dot) as a string
             number = float(value)
-        except ValueError:
-            pass
     if number is None:
         raise ConfigError(f"{where}: expected a number, {got}")
     if not math.isfinite(number):
@@ -288,9 +281,7 @@ def _build(cls: type[T], data: Any, source: str, lines: Mapping, prefix: str) ->
             kwargs[name] = _coerce(value, fields[name], _where(source, lines, key), text=False)
     try:
         return cls(**kwargs)
-    except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
-    except ValueError as e:  # the section's own validation (__post_init__)
+    except (TypeError, ValueError) as e:  # a required field missing; __post_init__ refused
         raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
@@ -366,12 +357,6 @@ def _json_load(text: str, path: Path) -> Any:
         return dict(items)
 
     return json.loads(text, object_pairs_hook=pairs)
-
-
-def load_config(cls: type[T], path: str | Path) -> T:
-    """``cls`` from a YAML/JSON file (no overrides)."""
-    data, lines = read_config_file(path)
-    return from_dict(cls, data, source=str(path), lines=lines)
 
 
 def format_config(cfg: Any) -> str:

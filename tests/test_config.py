@@ -15,7 +15,6 @@ from sccl.config import (
     config_help,
     field_docs,
     format_config,
-    load_config,
     parse_config,
     resolve_key,
     save_config,
@@ -179,9 +178,9 @@ def test_save_load_round_trip(tmp_path):
     save_config(cfg, tmp_path / "out.yaml", header="git abc\nline two")
     text = (tmp_path / "out.yaml").read_text()
     assert text.startswith("# git abc\n# line two\n")
-    assert load_config(Top, tmp_path / "out.yaml") == cfg
+    assert parse_config(Top, ["--config", str(tmp_path / "out.yaml")]) == cfg
     save_config(cfg, tmp_path / "out.json")
-    assert load_config(Top, tmp_path / "out.json") == cfg
+    assert parse_config(Top, ["--config", str(tmp_path / "out.json")]) == cfg
     assert yaml.safe_load(format_config(cfg)) == to_dict(cfg)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from sccl import demo
-from sccl.config import load_config
+from sccl.config import parse_config
 from tests.eval_fixtures import ROOT, free_port
 
 HEADER = "| run | LA19 | ITW | LA21 | DF21 | pooled | mean |"
@@ -23,7 +23,7 @@ SEEDS_HEADER = ("| seed | LA19 | ITW | LA21 | DF21 | pooled | mean | LA19 min t-
 def test_packaged_stage1_config_loads():
     from sccl.train_supcon import TrainConfig
 
-    cfg = load_config(TrainConfig, demo.stage1_config())
+    cfg = parse_config(TrainConfig, ["--config", str(demo.stage1_config())])
     assert cfg.model.encoder == "tiny" and cfg.data.batch_size % 2 == 0
     assert cfg.run.dir == "" and cfg.data.train_shards == ""  # given by the demo
 

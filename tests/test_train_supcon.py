@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import sccl
-from sccl.config import load_config
+from sccl.config import parse_config
 from sccl.memory import EmbeddingQueue
 from sccl.model import SupConModel
 from sccl.train_supcon import TrainConfig, main
@@ -107,7 +107,8 @@ def test_loss_goes_down_on_one_process(corpus, tmp_path):
     assert json.loads((stage / "best" / "info.json").read_text())["epoch"] == 8
     model = SupConModel.from_pretrained(stage / "best")  # Stage 2's way in
     assert model.cfg.proj_dim == 32
-    saved = load_config(TrainConfig, stage / "config.yaml")  # resolved config, reloadable
+    # the resolved config, reloadable
+    saved = parse_config(TrainConfig, ["--config", str(stage / "config.yaml")])
     assert saved.optim.epochs == 8 and saved.data.batch_size == 8
     assert (stage / "config.yaml").read_text().startswith("# sccl Stage 1 config; git ")
     assert json.loads((stage / "run_info.json").read_text())["world_size"] == 1
@@ -337,7 +338,7 @@ def test_fresh_run_starts_a_fresh_log_and_saves_absolute_paths(corpus, tmp_path)
                           env=ENV, capture_output=True, text=True, timeout=240)
     check_ok(proc)
     assert [s["global_step"] for s in log_lines(tmp_path / "run")[0]] == [1, 2]
-    saved = load_config(TrainConfig, stage / "config.yaml")
+    saved = parse_config(TrainConfig, ["--config", str(stage / "config.yaml")])
     assert saved.run.dir == str(tmp_path / "run")
     assert saved.data.train_shards == str(corpus["train"].resolve())
     assert not (stage / ".lock").exists()
