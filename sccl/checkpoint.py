@@ -57,13 +57,6 @@ class TrainerState:
     queue_started: bool = False  # some optimizer step so far used the queue
     selection_from: int = 0  # epoch from which best/ is chosen (0 = not restarted)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainerState:
-        return cls(**d)
-
     def record_dev_loss(self, loss: float, epoch: int) -> bool:
         """Update early-stopping state; True when ``loss`` is a new best."""
         if math.isfinite(loss) and (self.best_dev_loss is None or loss < self.best_dev_loss):
@@ -136,7 +129,7 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, queue_state: d
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         torch.save(queue_state, tmp / "queue.pt")
-        atomic_write_json(tmp / "trainer_state.json", state.to_dict())
+        atomic_write_json(tmp / "trainer_state.json", asdict(state))
     accelerator.wait_for_everyone()  # every rank's files are in tmp
     if accelerator.is_main_process:
         write_manifest(tmp)
@@ -297,7 +290,7 @@ def load_checkpoint(accelerator, path: Path, queue) -> TrainerState:
                                         " processes"))
     try:
         accelerator.load_state(str(path))
-        state = TrainerState.from_dict(json.loads((path / "trainer_state.json").read_text()))
+        state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
         queue_state = torch.load(path / "queue.pt", map_location="cpu", weights_only=True)
         if queue_state is not None:
             queue.load_state_dict(queue_state)

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def test_trainer_state_early_stopping_and_nonfinite_guard():
     assert not state.record_dev_loss(float("nan"), 3)
     assert (state.best_dev_loss, state.best_epoch, state.bad_epochs) == (1.0, 1, 2)
     assert state.record_dev_loss(0.5, 4) and state.bad_epochs == 0
-    assert ck.TrainerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    assert ck.TrainerState(**json.loads(json.dumps(asdict(state)))) == state
     state.record_step(False, 3)
     state.record_step(True, 3)  # a good step resets the run of bad ones
     state.record_step(False, 3)
