@@ -9,10 +9,10 @@ downmixed), directories (searched recursively for audio files) or shard director
 classifier's logit (higher = bona fide); the decision uses the threshold fixed on the dev set
 by Stage 2 (EER threshold, bona fide if score > threshold). The llr column is the score as a
 log-likelihood ratio: the run's calibrated LLR where ``sccl.evaluate --eval.calibrate dev``
-stored one, else the logit minus Stage 2's training prior log-odds (sccl/linear.py). Long files are scored as the mean
-over windows of the Stage 2 crop length (``--crop windows``, the default). An input that
-cannot be read is reported on stderr (one line naming it) and the others are still scored;
-the exit code is then 1 (``--strict``: stop at the first, write no TSV).
+stored one, else the logit minus Stage 2's training prior log-odds (sccl/linear.py). Long
+files are scored as the mean over windows of the Stage 2 crop length (``--crop windows``, the
+default). An input that cannot be read is reported on stderr (one line naming it) and the
+others are still scored; the exit code is then 1 (``--strict``: stop at the first, no TSV).
 
 ``SpoofDetector`` holds encoder, projection head and classifier. ``save_pretrained(dir)``
 writes a Hugging Face style directory (config.json with the wav2vec2 config inside and the
@@ -219,13 +219,11 @@ class SpoofDetector(nn.Module):
     def score_file(self, path: str | Path, **options) -> Verdict:
         """Score one audio file exactly as sccl-score does; ScoringError names an unreadable
         file. ``options`` as in ``score_array``."""
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise ScoringError(f"{path}: cannot read: {err.strerror or _one_line(err)}") from None
-        w = _decode(str(path), data, self.sample_rate, self.model.receptive_field)
-        return self._verdict(w, options)
+        name, data = _read(Path(path))
+        if isinstance(data, ScoringError):
+            raise data
+        return self._verdict(_decode(name, data, self.sample_rate, self.model.receptive_field),
+                             options)
 
     def _verdict(self, w: torch.Tensor, options: dict) -> Verdict:
         s = float(self.score(w[None], torch.ones(1, w.shape[0], dtype=torch.long),
@@ -282,12 +280,9 @@ def _read_export_config(path: Path) -> dict:
     unknown = sorted(set(cfg) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
         raise ScoringError(f"{path}: unknown key {unknown[0]!r}")
-    for key, (what, ok) in _FIELDS.items():
-        if key not in cfg:
+    for key, (what, ok) in {**_FIELDS, **_OPTIONAL}.items():
+        if key in _FIELDS and key not in cfg:
             raise ScoringError(f"{path}: key {key!r} missing")
-        if not ok(cfg[key]):
-            raise ScoringError(f"{path}: {key} must be {what}")
-    for key, (what, ok) in _OPTIONAL.items():
         if key in cfg and not ok(cfg[key]):
             raise ScoringError(f"{path}: {key} must be {what}")
     return cfg
