@@ -45,10 +45,8 @@ if TYPE_CHECKING:
     from transformers import Wav2Vec2Model
 
 XLSR_300M_HUB_ID = "facebook/wav2vec2-xls-r-300m"
-PRESETS = ("tiny", "xlsr-300m-random")
 Aggregation = Literal["mean_all", "last", "weighted"]
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
-AGGREGATIONS, ATTN_IMPLEMENTATIONS = get_args(Aggregation), get_args(AttnImplementation)
 CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -126,8 +124,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ValueError(f"model.encoder must be a non-empty string, got {self.encoder!r}")
-        _check_choice("model.aggregation", self.aggregation, AGGREGATIONS)
-        _check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        for name, choices in (("aggregation", get_args(Aggregation)),
+                              ("attn_implementation", get_args(AttnImplementation))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"model.{name} must be one of {choices}, got "
+                                 f"{getattr(self, name)!r}")
         if not isinstance(self.proj_dim, int) or self.proj_dim < 1:
             raise ValueError(f"model.proj_dim must be a positive int, got {self.proj_dim!r}")
         for name in ("head_dropout", "layerdrop", "mask_time_prob", "mask_feature_prob"):
@@ -165,11 +166,6 @@ def receptive_field(kernels, strides) -> int:
     for k, s in zip(kernels, strides, strict=True):
         rf, jump = rf + (k - 1) * jump, jump * s
     return rf
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _overrides(cfg: ModelConfig) -> dict[str, Any]:
@@ -394,9 +390,6 @@ class SupConModel(nn.Module):
                     groups.append({"name": part + ("_no_decay" if no_decay else ""), "params": params,
                                    "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay})
         return groups
-
-    def count_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write model.safetensors and model_config.json (ModelConfig + the encoder's full

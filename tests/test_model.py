@@ -251,7 +251,8 @@ def test_freeze_feature_encoder_freezes_only_the_conv_stack():
     model(torch.randn(2, 4000)).sum().backward()
     assert all(p.grad is None for n, p in model.named_parameters() if n in conv)
     conv_size = sum(model.get_parameter(n).numel() for n in conv)
-    assert model.count_parameters(trainable_only=True) == model.count_parameters() - conv_size
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in model.parameters()) - conv_size
 
 
 def test_param_groups_partition_trainable_parameters():
@@ -315,7 +316,7 @@ def test_xlsr_300m_preset_architecture_on_meta_device():
     assert (c.num_conv_pos_embeddings, c.num_conv_pos_embedding_groups) == (128, 16)
     encoder_params = sum(p.numel() for p in model.encoder.parameters())
     assert encoder_params == 315_437_696  # the hub model's 315,438,720 minus masked_spec_embed
-    assert model.count_parameters() == encoder_params + 1024 * 256 + 256
+    assert sum(p.numel() for p in model.parameters()) == encoder_params + 1024 * 256 + 256
     assert model.num_hidden_states == 25 and model.receptive_field == 400
     assert 0.35e12 < model_flops(model, 160_000)["total"] < 0.42e12  # 10 s: ~0.38 TFLOP
 
