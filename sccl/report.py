@@ -65,9 +65,7 @@ class Run:
     name: str
     path: Path
     config: dict  # flattened Stage 1 config
-    eers: dict[str, float]  # set name -> EER, "<set> <cost>" -> detection cost (COSTS)
-    pooled: float
-    mean: float
+    eers: dict[str, float]  # set name, "pooled", "mean" -> EER; "<set> <cost>" -> cost (COSTS)
 
     @property
     def key(self) -> tuple:
@@ -87,8 +85,6 @@ class Group:
 
     def values(self, metric: str) -> np.ndarray:
         """(n,) EERs of ``metric`` (a set name, "pooled" or "mean") over the runs having it."""
-        if metric in ("pooled", "mean"):
-            return np.array([getattr(r, metric) for r in self.runs])
         return np.array([r.eers[metric] for r in self.runs if metric in r.eers])
 
     def stats(self, metric: str) -> tuple[float, float]:
@@ -137,7 +133,8 @@ def load_run(path: Path) -> Run | None:
     if not isinstance(res, dict) or not isinstance(res.get("sets"), dict) or not res["sets"]:
         raise ReportError(f"{results}: sets: expected a non-empty object of eval sets")
     eers = {name: _number(entry, name, results) for name, entry in res["sets"].items()}
-    eers.update(costs_of(res["sets"]))
+    eers.update(costs_of(res["sets"]), pooled=_number(res, "pooled_eer", results),
+                mean=_number(res, "mean_eer", results))
     cfg_path = path / "stage1" / "config.yaml"
     try:
         config = flatten(read_config_file(cfg_path)[0])
@@ -146,8 +143,7 @@ def load_run(path: Path) -> Run | None:
     missing = [k for k in GROUP_KEYS if k not in config]
     if missing:
         raise ReportError(f"{cfg_path}: missing key(s) {', '.join(missing)}")
-    return Run(path.name, path, config, eers, _number(res, "pooled_eer", results),
-               _number(res, "mean_eer", results))
+    return Run(path.name, path, config, eers)
 
 
 def costs_of(sets: dict) -> dict[str, float]:
@@ -220,7 +216,7 @@ def metrics_of(runs: list[Run]) -> list[str]:
     names: list[str] = []
     for r in runs:
         names += [n for n in r.eers if n not in names]
-    sets = ordered_sets([n for n in names if not _is_cost(n)])
+    sets = ordered_sets([n for n in names if not _is_cost(n) and n not in ("pooled", "mean")])
     costs = [f"{s} {c}" for s in sets for c in COSTS.values() if f"{s} {c}" in names]
     return [*sets, "pooled", "mean", *costs]
 
@@ -275,8 +271,7 @@ def markdown(groups: list[Group], metrics: list[str], incomplete: list[Path],
               "|" + "---|" * (6 + len(metrics))]
     for g in groups:
         for r in g.runs:
-            vals = [_pct(r.eers.get(m, math.nan), m) if m not in ("pooled", "mean")
-                    else _pct(getattr(r, m)) for m in metrics]
+            vals = [_pct(r.eers.get(m, math.nan), m) for m in metrics]
             lines.append(f"| {r.name} | {g.key[0]} | {g.key[1]:g} | {g.key[2]} | {g.key[3]} | "
                          f"{r.seed} | " + " | ".join(vals) + " |")
     if incomplete:
@@ -309,8 +304,7 @@ def csv_tables(groups: list[Group], metrics: list[str]) -> tuple[str, str]:
         gw.writerow([sim, temp, q, start, int(q > 0 and start > 1), len(g.runs),
                      " ".join(str(r.seed) for r in g.runs), *stats])
         for r in g.runs:
-            vals = [num(r.eers.get(m, math.nan), m) if m not in ("pooled", "mean")
-                    else num(getattr(r, m)) for m in metrics]
+            vals = [num(r.eers.get(m, math.nan), m) for m in metrics]
             rw.writerow([r.name, sim, temp, q, start, r.seed, *vals, str(r.path)])
     return grouped.getvalue(), per_run.getvalue()
 
