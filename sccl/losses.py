@@ -15,6 +15,7 @@ option only needs the caller to pass the gathered batch (see ``supcon_loss_terms
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -175,35 +176,12 @@ def supcon_loss_terms(
         return torch.where(valid, per_anchor, torch.zeros_like(per_anchor)), valid
 
 
-def supcon_loss(
-    z: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    temperature: float,
-    similarity: str = "cosine",
-    queue_z: torch.Tensor | None = None,
-    queue_labels: torch.Tensor | None = None,
-    queue_positives: bool = False,
-    contrast_z: torch.Tensor | None = None,
-    contrast_labels: torch.Tensor | None = None,
-    anchor_offset: int = 0,
-) -> torch.Tensor:
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, **options: Any) -> torch.Tensor:
     """SupCon loss: mean of ``l_i`` over the anchors that have a positive -> fp32 scalar.
 
-    z (B, D) L2-normalised, labels (B,) int; arguments as ``supcon_loss_terms``. A batch in
-    which no anchor has a positive gives 0, still connected to the graph (zero gradients),
-    so every rank can call backward. The loss itself needs no host synchronisation; with
+    z (B, D) L2-normalised, labels (B,) int; keyword ``options`` (temperature required) as
+    ``supcon_loss_terms``, which checks them. A batch in which no anchor has a positive gives
+    0, still connected to the graph (zero gradients), so every rank can call backward. The loss itself needs no host synchronisation; with
     ``contrast_z`` the argument check does one (``torch.equal`` of the anchors' labels)."""
-    per_anchor, valid = supcon_loss_terms(
-        z,
-        labels,
-        temperature=temperature,
-        similarity=similarity,
-        queue_z=queue_z,
-        queue_labels=queue_labels,
-        queue_positives=queue_positives,
-        contrast_z=contrast_z,
-        contrast_labels=contrast_labels,
-        anchor_offset=anchor_offset,
-    )
+    per_anchor, valid = supcon_loss_terms(z, labels, **options)
     return per_anchor.sum() / valid.sum().clamp_min(1)
