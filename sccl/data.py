@@ -144,15 +144,21 @@ class DataConfig:
                     f"({receptive_field} samples = {receptive_field / self.sample_rate:.4g} s)")
 
 
-class _Accounting:
-    """Corrupt- and short-sample bookkeeping shared by the train and eval loaders (main
-    process). Short clips are valid audio, so they do not count against max_corrupt_share."""
+class _Loader:
+    """What the train and eval loaders share: the plan, len() = its steps, and the corrupt-
+    and short-sample bookkeeping (main process). Short clips are valid audio, so they do not
+    count against max_corrupt_share."""
 
-    def _init_accounting(self, where: str, max_share: float) -> None:
+    def __init__(self, plan: TrainPlan | EvalPlan, num_workers: int, max_corrupt_share: float
+                 ) -> None:
+        self.plan, self.num_workers = plan, num_workers
         self.corrupt_count, self.short_count, self.seen_count = 0, 0, 0
         self.corrupt_keys: list[str] = []
         self.short_keys: list[str] = []
-        self._where, self._max_share = where, max_share
+        self._where, self._max_share = plan.shard_set.root, max_corrupt_share
+
+    def __len__(self) -> int:
+        return self.plan.steps
 
     def _account(self, batch: dict) -> dict:
         if "_error" in batch:  # raised in a loader worker: re-raised here as one line
@@ -204,17 +210,10 @@ def _as_is(batch: dict) -> dict:
     return batch
 
 
-class TrainLoader(_Accounting):
+class TrainLoader(_Loader):
     """One rank's batches of one epoch. len() = steps per epoch (same on every rank); iterating
     yields batches start_step .. len()-1. `corrupt_count` / `short_count` = undecodable / too
     short samples met (and replaced) so far."""
-
-    def __init__(self, plan: TrainPlan, num_workers: int, max_corrupt_share: float):
-        self.plan, self.num_workers = plan, num_workers
-        self._init_accounting(plan.shard_set.root, max_corrupt_share)
-
-    def __len__(self) -> int:
-        return self.plan.steps
 
     def __iter__(self):
         n, expected = 0, self.plan.steps - self.plan.start_step
@@ -285,18 +284,11 @@ def build_dev_loader(cfg: DataConfig, *, rank: int, world_size: int) -> TrainLoa
     return TrainLoader(plan, cfg.num_workers, cfg.max_corrupt_share)
 
 
-class EvalLoader(_Accounting):
+class EvalLoader(_Loader):
     """One rank's share of an evaluation set; len() equal on every rank. Batches: "wave",
     "attention_mask", "label" (1 = bona fide, -1 if unreadable), "attack", "utt_id", "valid"
     (False for padding and undecodable trials: keep them out of metrics). Trials shorter than
     min_clip_samples are padded with silence to it and scored (counted in short_count)."""
-
-    def __init__(self, plan: EvalPlan, num_workers: int, max_corrupt_share: float):
-        self.plan, self.num_workers = plan, num_workers
-        self._init_accounting(plan.shard_set.root, max_corrupt_share)
-
-    def __len__(self) -> int:
-        return self.plan.steps
 
     def __iter__(self):
         n, last = 0, None
