@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from sccl.config import ConfigError, flatten, read_config_file
-from sccl.fileio import atomic_open, atomic_write_text
-from sccl.results import display_name, ordered_sets
+from sccl.fileio import atomic_write_text
+from sccl.results import display_name, ordered_sets, pyplot, save_png
 
 # What makes a configuration; seeds are replicates; run.* only says where/how it ran.
 GROUP_KEYS = ("loss.similarity", "loss.temperature", "loss.queue_size", "loss.queue_start_epoch")
@@ -315,14 +315,9 @@ def csv_tables(groups: list[Group], metrics: list[str]) -> tuple[str, str]:
 def plot_vs_queue(groups: list[Group], metric: str, path: Path) -> bool:
     """Write ``queue_figure`` to ``path``; False (nothing written) if no run has ``metric``."""
     fig = queue_figure(groups, metric)
-    if fig is None:
-        return False
-    import matplotlib.pyplot as plt
-
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-    return True
+    if fig is not None:
+        save_png(fig, path)
+    return fig is not None
 
 
 def queue_figure(groups: list[Group], metric: str):
@@ -340,11 +335,7 @@ def queue_figure(groups: list[Group], metric: str):
             lines.setdefault((sim, temp, s), {})[q] = (mean, 0.0 if math.isnan(std) else std)
     if not lines:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # cluster nodes have no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sizes = sorted({q for pts in lines.values() for q in pts})
     pos = {q: i for i, q in enumerate(sizes)}  # even spacing: 0 has no place on a log axis
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -212,7 +212,8 @@ def remove_stale(eval_dir: Path, res: dict) -> list[str]:
     return removed
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # cluster nodes have no display
@@ -235,7 +236,7 @@ def plot_det(sets: Sequence[Trials], path: Path, entries: dict[str, dict]) -> No
     or 1 included) sit on the axis edge."""
     from scipy.stats import norm
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     lo, hi = norm.ppf(1e-3), norm.ppf(1 - 1e-3)  # probit of 0 or 1 is infinite
     for i, t in enumerate(sets):
@@ -255,12 +256,12 @@ def plot_det(sets: Sequence[Trials], path: Path, entries: dict[str, dict]) -> No
     ax.set_title("DET curves")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    _save(fig, plt, path)
+    save_png(fig, path)
 
 
 def plot_histograms(sets: Sequence[Trials], path: Path, thresholds: dict[str, float]) -> None:
     """Score histograms per class, one panel per set, with the set's EER threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(sets), 1, figsize=(6, 2.7 * len(sets)), squeeze=False)
     for ax, t in zip(axes[:, 0], sets, strict=True):
         bins = np.histogram_bin_edges(t.scores, bins=60)
@@ -274,14 +275,15 @@ def plot_histograms(sets: Sequence[Trials], path: Path, thresholds: dict[str, fl
         ax.set_xlabel("score (logit, higher = bona fide)", fontsize=8)
         ax.set_ylabel("density", fontsize=8)
         ax.legend(fontsize=7)
-    _save(fig, plt, path)
+    save_png(fig, path)
 
 
 def plot_tsne(emb: np.ndarray, bonafide: np.ndarray, attacks: np.ndarray, path: Path,
               *, seed: int = 0, sets: np.ndarray | None = None, total: int = 0) -> None:
     """t-SNE of embeddings (N, D), coloured by label (left) and by attack (right); ``sets``
-    (N,) names each point's eval set and ``total`` the number sampled from, for the title. Bona fide is black in both panels;
-    attacks (including "unknown") take the tab20 colours, none of which is black."""
+    (N,) names each point's eval set and ``total`` the number sampled from, for the title.
+    Bona fide is black in both panels; attacks (including "unknown") take the tab20 colours,
+    none of which is black."""
     from sklearn.manifold import TSNE
 
     if emb.shape[0] < 5:
@@ -289,7 +291,7 @@ def plot_tsne(emb: np.ndarray, bonafide: np.ndarray, attacks: np.ndarray, path: 
     perplexity = float(min(30.0, (emb.shape[0] - 1) / 3))
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
         np.asarray(emb, dtype=np.float32))
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5.5))
     for mask, lab, colour in ((~bonafide, "spoof", SPOOF_COLOUR), (bonafide, "bona fide",
                                                                     BONA_COLOUR)):
@@ -310,7 +312,7 @@ def plot_tsne(emb: np.ndarray, bonafide: np.ndarray, attacks: np.ndarray, path: 
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(tsne_title(len(emb), sets, total), fontsize=10)
-    _save(fig, plt, path)
+    save_png(fig, path)
 
 
 def tsne_title(n: int, sets: np.ndarray | None, total: int = 0) -> str:
@@ -323,9 +325,9 @@ def tsne_title(n: int, sets: np.ndarray | None, total: int = 0) -> str:
     return f"t-SNE of {n} eval embeddings{sample}; points per set: " + ", ".join(parts)
 
 
-def _save(fig, plt, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG atomically, then free it."""
     fig.tight_layout()
-    path = Path(path)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)

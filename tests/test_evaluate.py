@@ -367,7 +367,7 @@ def _figures(monkeypatch):
     import sccl.results as results
 
     figs = []
-    monkeypatch.setattr(results, "_save", lambda fig, plt, path: figs.append(fig))
+    monkeypatch.setattr(results, "save_png", lambda fig, path: figs.append(fig))
     return results, figs
 
 
