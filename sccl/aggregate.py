@@ -125,11 +125,6 @@ def pooled_eer(sets: list[Trials]) -> float:
     return eer_of(scores, bona)[0]
 
 
-def mean_eer(sets: list[Trials]) -> float:
-    """Arithmetic mean of the per-set EERs."""
-    return float(np.mean([eer_of(t.scores, t.bonafide)[0] for t in sets]))
-
-
 def bootstrap_cis(sets: list[Trials], *, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict:
     """Percentile CIs: {"sets": {name: [lo, hi]}, "pooled": [lo, hi], "mean": [lo, hi]}.
