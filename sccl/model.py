@@ -423,7 +423,7 @@ class SupConModel(nn.Module):
             model = cls(cfg, encoder_config=meta["encoder_config"])
         except (TypeError, ValueError, KeyError) as err:
             raise ModelLoadError(f"{directory / CONFIG_NAME}: encoder_config: {err}") from err
-        state = _read_weights(directory / WEIGHTS_NAME)
+        state = read_weights(directory / WEIGHTS_NAME)
         try:
             result = model.load_state_dict(state, strict=False)
         except RuntimeError as err:  # shape mismatch
@@ -501,7 +501,8 @@ def _read_model_config(path: Path) -> dict:
     return meta
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file written by ``save_tensors`` (aliases restored)."""
     if not path.is_file():
         raise ModelLoadError(f"{path}: missing (written by SupConModel.save_pretrained)")
     try:

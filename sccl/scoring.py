@@ -38,14 +38,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
 from sccl.fileio import atomic_open, atomic_write_json, file_sha256
 from sccl.linear import RunMismatchError, linear_scores, llr_map, load_stage2
-from sccl.model import ModelConfig, ModelLoadError, SupConModel, save_tensors
+from sccl.model import ModelConfig, ModelLoadError, SupConModel, read_weights, save_tensors
 
 EXPORT_FORMAT = "sccl-spoof-detector"
 EXPORT_VERSION = 2  # 2: config.json records weights_sha256 (1 had no hash: refused)
@@ -179,7 +178,10 @@ class SpoofDetector(nn.Module):
         weights = directory / WEIGHTS
         _check_hash(weights, cfg["weights_sha256"])
         det = _build_detector(cfg, directory / CONFIG)
-        state = _read_weights(weights)
+        try:
+            state = read_weights(weights)
+        except ModelLoadError as err:
+            raise ScoringError(_one_line(err)) from None
         _check_state(weights, state, det.state_dict())
         det.load_state_dict(state, strict=True)
         return det.eval()
@@ -317,14 +319,6 @@ def _build_detector(cfg: dict, path: Path) -> SpoofDetector:
     return SpoofDetector(model, torch.zeros(1, d), torch.zeros(1), threshold=cfg["threshold"],
                          sample_rate=cfg["sample_rate"], seconds=cfg["seconds"],
                          llr=(llr["scale"], llr["offset"]), calibrated=llr["calibrated"])
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors has its own error types
-        raise ScoringError(f"{path}: unreadable safetensors file: {_one_line(err)}") from None
 
 
 def _check_state(path: Path, state: dict[str, torch.Tensor],
