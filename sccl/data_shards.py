@@ -276,10 +276,7 @@ def iter_wanted(seq: ShardSequence, start: int, count: int, wanted: set[int],
     """
     if count <= 0:
         return
-    if mapped:
-        yield from _iter_mapped(seq, start, count, wanted, label)
-    else:
-        yield from _iter_mixed(seq, start, count, wanted, label)
+    yield from (_iter_mapped if mapped else _iter_mixed)(seq, start, count, wanted, label)
 
 
 def _label_samples(shard: Shard, label: str | None, first: int, stop: int):
