@@ -4,11 +4,12 @@
 
 1. ``sccl-shards synth``: a synthetic corpus in the real datasets' layouts (OUT/corpus);
 2. ``sccl-shards build`` for LA19 train and dev (split by label) and the eval sets LA19 eval,
-   ITW, LA21 and DF21 (OUT/shards);
+   ITW, LA21, DF21 and ASVspoof 5 eval (OUT/shards);
 3. Stage 1 (``accelerate launch`` with 2 CPU processes, gloo): the tiny encoder with the
    settings of sccl/configs/demo_stage1.yaml (OUT/run/stage1);
 4. Stage 2: frozen embeddings + linear classifier (OUT/run/stage2, OUT/run/export);
-5. evaluation of the four eval sets: score files, results.md, plots (OUT/run/eval);
+5. evaluation of the five eval sets, with min t-DCF from the corpus's synthetic ASV scores:
+   score files, results.md, plots (OUT/run/eval);
 then prints the results table and where the plots are. Every command is printed before it
 runs, so each step can be rerun by hand. A rerun skips the steps whose output is complete
 (the corpus, each shard dir, a finished Stage 1, a Stage 2 that matches it); ``--fresh``
@@ -52,13 +53,18 @@ SETS = {
              ["--subset", "all"]),
     "df21": ("asvspoof2021", "keys/DF/CM/trial_metadata.txt", "ASVspoof2021_DF_eval",
              ["--subset", "all"]),
+    "as5_eval": ("asvspoof5", "ASVspoof5_protocols/ASVspoof5.eval.track_1.tsv", "flac_E_eval",
+                 []),
 }
-EVAL_SETS = {"la19": "la19_eval", "itw": "itw", "la21": "la21", "df21": "df21"}
-# Columns of the seeds table: EER (%) of the four sets, results.json's pooled and mean EER,
-# then the pooled min t-DCF of the sets with ASV scores (a cost in [0, 1], not a %).
-COLUMNS = {"la19": "LA19", "itw": "ITW", "la21": "LA21", "df21": "DF21", "pooled": "pooled",
-           "mean": "mean", "la19_tdcf": "LA19 min t-DCF", "la21_tdcf": "LA21 min t-DCF"}
-DIGITS = {"la19_tdcf": 4, "la21_tdcf": 4}  # EERs get 2
+EVAL_SETS = {"la19": "la19_eval", "itw": "itw", "la21": "la21", "df21": "df21",
+             "as5": "as5_eval"}
+# Columns of the seeds table: EER (%) of the eval sets, results.json's pooled and mean EER,
+# the pooled min t-DCF of the sets with ASV scores, and ASVspoof 5's primary metric, minDCF
+# (costs in [0, 1], not in %).
+COLUMNS = {"la19": "LA19", "itw": "ITW", "la21": "LA21", "df21": "DF21", "as5": "AS5",
+           "pooled": "pooled", "mean": "mean", "la19_tdcf": "LA19 min t-DCF",
+           "la21_tdcf": "LA21 min t-DCF", "as5_mindcf": "AS5 minDCF"}
+DIGITS = {"la19_tdcf": 4, "la21_tdcf": 4, "as5_mindcf": 4}  # EERs get 2
 # The synthetic corpus ships ASV scores in the official layouts (for min t-DCF).
 ASV_SCORES = {"la19": "LA/ASVspoof2019_LA_asv_scores/ASVspoof2019.LA.asv.eval.gi.trl.scores.txt",
               "la21": "keys/LA/ASV"}
@@ -150,7 +156,7 @@ Step = tuple[str, list[str], bool]  # (step name, command, already done)
 
 
 def data_steps(args: argparse.Namespace) -> list[Step]:
-    """Synthetic corpus and the six shard builds: done once, shared by every seed."""
+    """Synthetic corpus and the shard builds: done once, shared by every seed."""
     corpus, shards = args.out / "corpus", args.out / "shards"
     py = sys.executable
     done = json.loads((corpus / "synth.json").read_text()).get("complete", False) \
@@ -219,6 +225,7 @@ def seed_eers(results: dict) -> dict[str, float]:
     row["mean"] = 100 * results["mean_eer"]["eer"]
     for k in ASV_SCORES:
         row[f"{k}_tdcf"] = results["sets"][k]["min_tdcf"]["pooled"]
+    row["as5_mindcf"] = results["sets"]["as5"]["min_dcf"]
     return row
 
 
@@ -256,9 +263,10 @@ def seeds_markdown(summary: dict) -> str:
     lines.append("| spread (max - min) | "
                  + " | ".join(num(c, summary["spread"][c]) for c in COLUMNS) + " |")
     n = len(summary["seeds"])
-    return ("\n".join(lines) + f"\n\nEER in % (chance is 50 %) and pooled min t-DCF (with the "
-            f"corpus's synthetic ASV scores; 1 = no better than no countermeasure), {n} "
-            f"seed{'s' * (n > 1)}; std is the sample standard deviation (n - 1).\n")
+    return ("\n".join(lines) + f"\n\nEER in % (chance is 50 %); pooled min t-DCF (with the "
+            "corpus's synthetic ASV scores) and minDCF: normalised costs, 1 = no better than "
+            f"no countermeasure; {n} seed{'s' * (n > 1)}; std is the sample standard deviation "
+            "(n - 1).\n")
 
 
 def write_seeds(args: argparse.Namespace, walls: dict[int | None, float]) -> str:

@@ -27,7 +27,7 @@ from sccl.metrics import compute_det_curve
 
 # Study column order; other set names follow in the order given.
 STUDY_COLUMNS = ("la19", "itw", "la21", "df21")
-_DISPLAY = {"la19": "LA19", "itw": "ITW", "la21": "LA21", "df21": "DF21"}
+_DISPLAY = {"la19": "LA19", "itw": "ITW", "la21": "LA21", "df21": "DF21", "as5": "AS5"}
 PLOTS = ("det.png", "hist.png", "tsne.png")  # what evaluation writes under plots/
 # A breakdown row with fewer trials of a class than this is flagged: with 29 bona fide
 # trials one trial moves the EER by over 3 points.

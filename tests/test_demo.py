@@ -15,9 +15,9 @@ from sccl import demo
 from sccl.config import parse_config
 from tests.eval_fixtures import ROOT, free_port
 
-HEADER = "| run | LA19 | ITW | LA21 | DF21 | pooled | mean |"
-SEEDS_HEADER = ("| seed | LA19 | ITW | LA21 | DF21 | pooled | mean | LA19 min t-DCF "
-                "| LA21 min t-DCF |")
+HEADER = "| run | LA19 | ITW | LA21 | DF21 | AS5 | pooled | mean |"
+SEEDS_HEADER = ("| seed | LA19 | ITW | LA21 | DF21 | AS5 | pooled | mean | LA19 min t-DCF "
+                "| LA21 min t-DCF | AS5 minDCF |")
 
 
 def test_packaged_stage1_config_loads():
@@ -99,9 +99,12 @@ def test_help_shows_every_default(capsys):
 
 def _rows() -> dict[int, dict[str, float]]:
     cols = list(demo.COLUMNS)
-    return {0: dict(zip(cols, [10.0, 40.0, 30.0, 20.0, 25.0, 25.0, 0.25, 0.5], strict=True)),
-            1: dict(zip(cols, [14.0, 44.0, 36.0, 22.0, 29.0, 29.0, 0.35, 0.6], strict=True)),
-            5: dict(zip(cols, [12.0, 48.0, 33.0, 30.0, 24.0, 30.75, 0.3, 0.7], strict=True))}
+    return {0: dict(zip(cols, [10.0, 40.0, 30.0, 20.0, 35.0, 25.0, 25.0, 0.25, 0.5, 0.4],
+                        strict=True)),
+            1: dict(zip(cols, [14.0, 44.0, 36.0, 22.0, 37.0, 29.0, 29.0, 0.35, 0.6, 0.5],
+                        strict=True)),
+            5: dict(zip(cols, [12.0, 48.0, 33.0, 30.0, 39.0, 24.0, 30.75, 0.3, 0.7, 0.6],
+                        strict=True))}
 
 
 def test_summarise_seeds_mean_sample_std_and_spread():
@@ -121,10 +124,11 @@ def test_seeds_markdown_rows():
     md = demo.seeds_markdown(demo.summarise_seeds(_rows()))
     lines = md.splitlines()
     assert lines[0] == SEEDS_HEADER
-    assert "| 5 | 12.00 | 48.00 | 33.00 | 30.00 | 24.00 | 30.75 | 0.3000 | 0.7000 |" in lines
-    assert md.splitlines()[5].endswith("| 0.3000 +- 0.0500 | 0.6000 +- 0.1000 |")
+    assert ("| 5 | 12.00 | 48.00 | 33.00 | 30.00 | 39.00 | 24.00 | 30.75 | 0.3000 | 0.7000 "
+            "| 0.6000 |") in lines
+    assert md.splitlines()[5].endswith("| 0.3000 +- 0.0500 | 0.6000 +- 0.1000 | 0.5000 +- 0.1000 |")
     assert "| mean +- std | 12.00 +- 2.00 | 44.00 +- 4.00 |" in md
-    assert lines[6].startswith("| spread (max - min) | 4.00 | 8.00 | 6.00 | 10.00 | 5.00 |")
+    assert lines[6].startswith("| spread (max - min) | 4.00 | 8.00 | 6.00 | 10.00 | 4.00 | 5.00 |")
 
 
 def test_write_seeds_reads_every_run_and_writes_json_and_md(tmp_path):
@@ -134,6 +138,7 @@ def test_write_seeds_reads_every_run_and_writes_json_and_md(tmp_path):
                "pooled_eer": {"eer": row["pooled"] / 100}, "mean_eer": {"eer": row["mean"] / 100}}
         for k in demo.ASV_SCORES:
             res["sets"][k]["min_tdcf"] = {"pooled": row[f"{k}_tdcf"]}
+        res["sets"]["as5"]["min_dcf"] = row["as5_mindcf"]
         (tmp_path / f"seed-{seed}" / "eval").mkdir(parents=True)
         (tmp_path / f"seed-{seed}" / "eval" / "results.json").write_text(json.dumps(res))
     table = demo.write_seeds(args, {0: 60.0, 1: 61.5, 5: 59.0})
@@ -161,7 +166,7 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert "demo finished" in proc.stdout and "tsne.png" in proc.stdout
     run = out / "run"
     res = json.loads((run / "eval" / "results.json").read_text())
-    assert list(res["sets"]) == ["la19", "itw", "la21", "df21"]
+    assert list(res["sets"]) == ["la19", "itw", "la21", "df21", "as5"]
     assert all(0.0 <= s["eer"] <= 1.0 for s in res["sets"].values())
     for name in ("la19", "itw", "la21", "df21"):
         lines = (run / "eval" / "scores" / f"{name}.txt").read_text().splitlines()

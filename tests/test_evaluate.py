@@ -542,4 +542,4 @@ def test_asvspoof5_end_to_end(tmp_path):
     for key in ("eer", "min_dcf", "act_dcf", "cllr", "act_dcf_calibrated", "cllr_calibrated"):
         assert np.isfinite(e[key]), key
     md = (run / "eval" / "results.md").read_text()
-    assert re.search(r"\| as5 \| \d+\.\d\d \| \d\.\d{4} \| \d+\.\d{4} \| \d+\.\d{4} \|", md)
+    assert re.search(r"\| AS5 \| \d+\.\d\d \| \d\.\d{4} \| \d+\.\d{4} \| \d+\.\d{4} \|", md)

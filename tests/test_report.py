@@ -156,8 +156,8 @@ def test_detection_costs_become_columns(tmp_path: Path, capsys):
     assert main([str(root)]) == 0
     md = (root / "report.md").read_text()
     head = next(line for line in md.splitlines() if line.startswith("| similarity"))
-    assert head.endswith("| LA19 | ITW | as5 | pooled | mean | LA19 min t-DCF | as5 minDCF | "
-                         "as5 actDCF | as5 Cllr |")
+    assert head.endswith("| LA19 | ITW | AS5 | pooled | mean | LA19 min t-DCF | AS5 minDCF | "
+                         "AS5 actDCF | AS5 Cllr |")
     assert "| 0.3000 ± 0.1414 | 0.3500 ± 0.0707 | 0.9000 ± 0.0000 | 0.8000 ± 0.0000 |" in md
     rows = (root / "report.csv").read_text().splitlines()
     assert "la19_min_t-DCF_mean" in rows[0] and "as5_pct_mean" not in rows[0]
