@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     run = {"build": _build, "verify": _verify, "info": _info, "synth": _synth}[args.command]
     # SIGTERM (scancel, preemption) unwinds a build like Ctrl-C: its lock on --out is released
     # at once, where a lock left by a dead process on another node only expires after minutes.
+    previous = None
     if args.command == "build" and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args)
     except ShardsError as err:
@@ -197,3 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sccl-shards: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:  # called in-process (tests, scripts): leave no handler behind
+            signal.signal(signal.SIGTERM, previous)

@@ -39,8 +39,12 @@ def test_help_works_without_heavy_imports():
 
 
 def test_build_info_verify(la19_corpus, tmp_path, capsys):
+    import signal
+
     out = tmp_path / "shards"
+    before = signal.getsignal(signal.SIGTERM)
     assert build_cli(la19_corpus, out, "--shard-size", "3", "--split-by-label") == 0
+    assert signal.getsignal(signal.SIGTERM) is before  # in-process: no handler left behind
     assert "12 samples (bonafide 4, spoof 8) in 5 shards" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
