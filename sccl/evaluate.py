@@ -50,7 +50,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from sccl.accel import build_accelerator, exit_on_stop_signals
+from sccl.accel import build_accelerator, exit_on_stop_signals, exit_process
 from sccl.aggregate import TrialError, Trials, detection_costs, min_tdcf_table, summarise
 from sccl.asv import AsvScoreError, AsvScores, read_asv_scores
 from sccl.checkpoint import StageClaim
@@ -424,4 +424,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

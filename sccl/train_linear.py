@@ -19,7 +19,6 @@ Exit codes: 0 done, 2 bad input (also: the stage directory in use).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from sccl import dist
-from sccl.accel import build_accelerator, exit_on_stop_signals
+from sccl.accel import build_accelerator, exit_on_stop_signals, exit_process
 from sccl.checkpoint import StageClaim
 from sccl.config import (
     ConfigError,
@@ -201,4 +200,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
