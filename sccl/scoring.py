@@ -458,12 +458,13 @@ def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions, batch_
 
 
 DESCRIPTION = """\
-Score audio files with a trained run: one TSV line per file (path, score, decision).
+Score audio files with a trained run: one TSV line per file (path, score, decision, llr).
 The score is the classifier's logit (higher = bona fide); the decision is "bonafide" when
 the score exceeds the dev-set EER threshold fixed by Stage 2, else "spoof"; llr is the score
-as a log-likelihood ratio (calibrated if sccl.evaluate --eval.calibrate dev was run). Inputs: audio
-files of any format, rate and channel count, directories (searched recursively) and shard
-directories. An unreadable input is reported on stderr and the rest are still scored.
+as a log-likelihood ratio (calibrated if sccl.evaluate --eval.calibrate dev was run).
+Inputs: audio files of any format, rate and channel count, directories (searched
+recursively) and shard directories. An unreadable input is reported on stderr and the rest
+are still scored.
 Exit codes: 0 all scored, 1 some input unreadable, 2 bad options or model."""
 
 
