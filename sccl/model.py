@@ -391,11 +391,19 @@ class SupConModel(nn.Module):
                                    "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay})
         return groups
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write model.safetensors and model_config.json (ModelConfig + the encoder's full
-        Wav2Vec2Config, so the directory loads without the hub), each atomically."""
+        config, so the directory loads without the hub), each atomically. ``state_dict``: the
+        weights to write instead of ``self.state_dict()``, for a sharded model (ZeRO-3, FSDP)
+        whose own parameters are shards: the full one gathered by ``get_state_dict``."""
         directory = Path(directory)
-        tensors, aliases = _dedupe_shared(self.state_dict())
+        if state_dict is None:
+            state_dict = self.state_dict()
+        elif state_dict.keys() != self.state_dict().keys():
+            diff = sorted(state_dict.keys() ^ self.state_dict().keys())
+            raise ValueError(f"save_pretrained: state_dict keys differ from the model's: {diff[:5]}")
+        tensors, aliases = _dedupe_shared(state_dict)
         save_tensors(directory / WEIGHTS_NAME, tensors, {"aliases": json.dumps(aliases)})
         atomic_write_json(directory / CONFIG_NAME, {
             "format_version": FORMAT_VERSION,

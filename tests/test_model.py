@@ -420,3 +420,19 @@ def test_importing_the_library_does_not_import_transformers():
     code = ("import sys, sccl.model, sccl.data, sccl.config, sccl.audio, sccl.rawboost; "
             "sys.exit('transformers' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_save_pretrained_writes_a_given_state_dict(tmp_path):
+    """A sharded model (ZeRO-3, FSDP) saves the full state dict gathered for it instead of its
+    own (sharded) parameters."""
+    model, other = make().eval(), SupConModel(ModelConfig(encoder="tiny")).eval()
+    with torch.no_grad():
+        other.head[-1].weight.add_(1.0)
+    model.save_pretrained(tmp_path / "run", state_dict=other.state_dict())
+    loaded = SupConModel.from_pretrained(tmp_path / "run").eval()
+    wave = torch.randn(2, 5000)
+    with torch.no_grad():
+        assert torch.equal(loaded(wave), other(wave)) and not torch.equal(loaded(wave), model(wave))
+    with pytest.raises(ValueError, match="keys differ from the model's: \\['encoder"):
+        model.save_pretrained(tmp_path / "bad", state_dict={
+            f"module.{k}": v for k, v in model.state_dict().items()})
