@@ -7,9 +7,15 @@
 #                         anything else = a shell line to eval, e.g.
 #                         SCCL_ENV='module load cuda/12.4 && source ~/envs/sccl/bin/activate'.
 #                         Unset: the environment sbatch was called from (Slurm exports it).
-#   SCCL_LAUNCH           ddp (default) | deepspeed | cpu: picks launch/multi_gpu.yaml,
-#                         launch/deepspeed_zero2.yaml or launch/cpu_2proc.yaml
+#   SCCL_LAUNCH           how Stage 1 is distributed: ddp (default, launch/multi_gpu.yaml) |
+#                         deepspeed (ZeRO-2, launch/deepspeed_zero2.yaml) | deepspeed3 (ZeRO-3,
+#                         launch/deepspeed_zero3.yaml) | fsdp (FSDP2, launch/fsdp.yaml) |
+#                         cpu (launch/cpu_2proc.yaml). Stage 2 and evaluation hold a frozen
+#                         encoder with nothing to shard: they launch with ddp's file for the
+#                         sharded choices (cpu stays cpu)
 #   SCCL_LAUNCH_CONFIG    another Accelerate config file (wins over SCCL_LAUNCH's file)
+#   SCCL_DS_CONFIG        DeepSpeed JSON for deepspeed / deepspeed3 (default
+#                         launch/ds_zero2.json / launch/ds_zero3.json)
 #   SCCL_PROCS_PER_NODE   processes per node (default: the GPUs Slurm gave the node;
 #                         SCCL_LAUNCH=cpu: SCCL_CPU_PROCS, default 2)
 #   SCCL_MASTER_PORT      rendezvous port on the head node (default 20000 + job id % 12000,
@@ -147,16 +153,30 @@ sccl_procs_per_node() {
     printf '%s\n' "$n"
 }
 
+# sccl_launch_mode SCRIPT: the SCCL_LAUNCH choice that applies to SCRIPT. Only Stage 1
+# (train_supcon.py) trains the encoder; the other stages use ddp's config for sharded choices.
+sccl_launch_mode() {
+    local mode=${SCCL_LAUNCH:-ddp}
+    case "$mode" in
+    ddp | cpu) ;;
+    deepspeed | deepspeed3 | fsdp) [ "$(basename -- "${1:-}")" = train_supcon.py ] || mode=ddp ;;
+    *) sccl_die "SCCL_LAUNCH must be ddp, deepspeed, deepspeed3, fsdp or cpu, got '$mode'" ;;
+    esac
+    printf '%s\n' "$mode"
+}
+
+# sccl_launch_config MODE: the Accelerate config file of a launch mode (SCCL_LAUNCH_CONFIG wins).
 sccl_launch_config() {
     if [ -n "${SCCL_LAUNCH_CONFIG:-}" ]; then
         printf '%s\n' "$SCCL_LAUNCH_CONFIG"
         return
     fi
-    case "${SCCL_LAUNCH:-ddp}" in
+    case "$1" in
     ddp) printf '%s\n' "$SCCL_ROOT/launch/multi_gpu.yaml" ;;
     deepspeed) printf '%s\n' "$SCCL_ROOT/launch/deepspeed_zero2.yaml" ;;
+    deepspeed3) printf '%s\n' "$SCCL_ROOT/launch/deepspeed_zero3.yaml" ;;
+    fsdp) printf '%s\n' "$SCCL_ROOT/launch/fsdp.yaml" ;;
     cpu) printf '%s\n' "$SCCL_ROOT/launch/cpu_2proc.yaml" ;;
-    *) sccl_die "SCCL_LAUNCH must be ddp, deepspeed or cpu, got '${SCCL_LAUNCH}'" ;;
     esac
 }
 
@@ -164,8 +184,9 @@ sccl_launch_config() {
 # Runs ON EACH NODE (inside srun): SLURM_NODEID is this node's rank there, and only there.
 sccl_node_command() {
     local nnodes=${SLURM_NNODES:-${SLURM_JOB_NUM_NODES:-1}} rank=${SLURM_NODEID:-0}
-    local ppn config port
-    config=$(sccl_launch_config) || exit $?
+    local ppn config port mode
+    mode=$(sccl_launch_mode "${1:-}") || exit $?
+    config=$(sccl_launch_config "$mode")
     ppn=$(sccl_procs_per_node) || exit $?
     port=$(sccl_port)
     [ -f "$config" ] || sccl_die "Accelerate config $config does not exist"
@@ -176,10 +197,12 @@ sccl_node_command() {
         # c10d: the ranks meet at the head node's port (an elastic store, no fixed start order).
         SCCL_NODE_CMD+=(--main_process_ip "$(sccl_head_addr)" --rdzv_backend c10d)
     fi
-    if [ "${SCCL_LAUNCH:-ddp}" = deepspeed ]; then
+    if [ "$mode" = deepspeed ] || [ "$mode" = deepspeed3 ]; then
         # Absolute JSON path (the config's is relative to the repo; jobs run in the submit dir);
         # "standard" = torchrun on every node instead of DeepSpeed's pdsh/ssh launcher.
-        SCCL_NODE_CMD+=(--deepspeed_config_file "${SCCL_DS_CONFIG:-$SCCL_ROOT/launch/ds_zero2.json}"
+        local json=ds_zero2.json
+        [ "$mode" = deepspeed ] || json=ds_zero3.json
+        SCCL_NODE_CMD+=(--deepspeed_config_file "${SCCL_DS_CONFIG:-$SCCL_ROOT/launch/$json}"
             --deepspeed_multinode_launcher standard)
     fi
     SCCL_NODE_CMD+=("$@")

@@ -4,6 +4,8 @@
 #   sbatch slurm/stage1.sh RUN --config my_run.yaml [--section.key VALUE ...]
 #   sbatch --nodes=4 --gpus-per-node=4 slurm/stage1.sh RUN --config my_run.yaml
 #   SCCL_LAUNCH=deepspeed sbatch slurm/stage1.sh RUN --config my_run.yaml
+#   SCCL_LAUNCH=deepspeed3 sbatch slurm/stage1.sh RUN --config my_run.yaml \
+#       --model.encoder /models/wav2vec2-xls-r-1b --optim.clip_scope all    # ZeRO-3 (fsdp: FSDP2)
 #
 # Everything after RUN goes to sccl/train_supcon.py, after `--run.dir RUN --run.resume auto`
 # (so a requeued job continues from RUN/stage1/checkpoints). Submit from the repository root

@@ -86,12 +86,30 @@ def test_multinode_command_lines(tmp_path):
 
     rc, out, _ = node_command({**alloc, "SLURM_NODEID": "1", "SCCL_LAUNCH": "deepspeed",
                                "SLURM_GPUS_ON_NODE": "", "CUDA_VISIBLE_DEVICES": "0,1",
-                               "SCCL_MASTER_PORT": "31000"}, tmp_path, "s.py")
+                               "SCCL_MASTER_PORT": "31000"}, tmp_path,
+                              "sccl/train_supcon.py")
     _, opts, _ = parse_launch(out.strip())
     assert opts["config_file"].endswith("launch/deepspeed_zero2.yaml")
     assert opts["num_processes"] == "4" and opts["main_process_port"] == "31000"
     assert opts["deepspeed_multinode_launcher"] == "standard"
     assert opts["deepspeed_config_file"] == str(REPO / "launch" / "ds_zero2.json")
+
+    one = {"SLURM_GPUS_ON_NODE": "2"}
+    for mode, config, json in (("deepspeed3", "deepspeed_zero3.yaml", "ds_zero3.json"),
+                               ("fsdp", "fsdp.yaml", None)):
+        rc, out, err = node_command({**one, "SCCL_LAUNCH": mode}, tmp_path,
+                                    str(REPO / "sccl" / "train_supcon.py"))
+        assert rc == 0, err
+        _, opts, _ = parse_launch(out.strip())
+        assert opts["config_file"] == str(REPO / "launch" / config)
+        assert (REPO / "launch" / config).is_file()
+        assert opts.get("deepspeed_config_file") == (json and str(REPO / "launch" / json))
+        # Stage 2 and evaluation embed with a frozen encoder: nothing to shard, DDP's config
+        for script in ("sccl/train_linear.py", "sccl/evaluate.py"):
+            rc, out, err = node_command({**one, "SCCL_LAUNCH": mode}, tmp_path, script)
+            _, opts, _ = parse_launch(out.strip())
+            assert opts["config_file"] == str(REPO / "launch" / "multi_gpu.yaml"), err
+            assert "deepspeed_config_file" not in opts
 
     rc, out, _ = node_command({"SCCL_LAUNCH": "cpu", "SCCL_CPU_PROCS": "3"}, tmp_path, "s.py")
     _, opts, _ = parse_launch(out.strip())
@@ -102,7 +120,7 @@ def test_multinode_command_lines(tmp_path):
     rc, out, err = node_command({}, tmp_path, "s.py")  # no GPUs, no CPU fallback asked for
     assert rc == 2 and "no GPUs in this allocation" in err and not out
     rc, _, err = node_command({"SCCL_LAUNCH": "tpu"}, tmp_path, "s.py")
-    assert rc == 2 and "SCCL_LAUNCH must be ddp, deepspeed or cpu" in err
+    assert rc == 2 and "SCCL_LAUNCH must be ddp, deepspeed, deepspeed3, fsdp or cpu" in err
 
 
 def free_port() -> int:
@@ -439,10 +457,10 @@ def test_processes_from_the_gpu_allocation(work, cluster):
     if not cluster.gpus:
         pytest.skip("no fake GPUs here (mknod not permitted)")
     run_dir = work["root"] / "runs" / "gpu dry run"
-    env = {**work["env"], "SCCL_LAUNCH_DRYRUN": "1", "SCCL_LAUNCH": "ddp"}
+    env = {**work["env"], "SCCL_LAUNCH_DRYRUN": "1", "SCCL_LAUNCH": "deepspeed3"}
     proc = run(["sbatch", "--wait", "--parsable", "--gpus-per-node=2", "--cpus-per-task=1",
                 f"--output={run_dir}-%j.out", str(SLURM / "stage1.sh"), str(run_dir),
-                "--config", "c.yaml"], work, env=env)
+                "--config", "c.yaml", "--model.encoder", "xlsr-1b"], work, env=env)
     job = proc.stdout.strip()
     text = Path(f"{run_dir}-{job}.out").read_text()
     assert proc.returncode == 0, text
@@ -451,7 +469,9 @@ def test_processes_from_the_gpu_allocation(work, cluster):
     assert prefix.startswith("sccl-node 0/")
     assert (opts["num_processes"], opts["num_machines"], opts["machine_rank"]) == ("2", "1", "0")
     assert opts["main_process_port"] == str(20000 + int(job) % 12000)
-    assert rest[1:] == ["--run.dir", str(run_dir), "--run.resume", "auto", "--config", "c.yaml"]
+    assert opts["config_file"].endswith("launch/deepspeed_zero3.yaml")  # a bigger encoder
+    assert rest[1:] == ["--run.dir", str(run_dir), "--run.resume", "auto", "--config", "c.yaml",
+                        "--model.encoder", "xlsr-1b"]
     # eval.sh checks its inputs before launching anything
     empty = work["root"] / "runs" / "empty run"
     proc = run(["sbatch", "--wait", "--parsable", *CPU_JOB.split(), f"--output={empty}-%j.out",
