@@ -1,5 +1,6 @@
 """Stage 1 on the accelerator: training MFU, naive vs fast, options, queue overhead, scoring
-throughput, RawBoost placement and CPU workers, largest batch, ZeRO-2, torch.compile.
+throughput, RawBoost placement and CPU workers, largest batch, a 1B encoder under ZeRO-3 and
+FSDP2, ZeRO-2, torch.compile.
 
     bash bench/gpu.sh                               # the prepared GPU run (<= 8 min)
     python -m bench.gpu                             # same, without the package checks
@@ -9,6 +10,8 @@ throughput, RawBoost placement and CPU workers, largest batch, ZeRO-2, torch.com
 Sections, in priority order (each a function returning a JSON-able dict):
   train      fast (bf16 autocast, SDPA, fused AdamW) vs naive (fp32, eager attention, default
              AdamW) at every crop: samples/s, step time, MFU, peak memory; speed-up ratio
+  sharded    the 1B preset (--big-preset) under no wrapper, ZeRO-3 and FSDP2, world size 1,
+             with and without activation checkpointing: step time and peak memory
   queue      step time at |Q| = 0 / 8192 / 65536 (gather + enqueue included), interleaved;
              the queue's own cost timed in isolation
   eval       bf16 scoring throughput (utterances/s) over a batch sweep at every crop
@@ -55,21 +58,23 @@ from sccl.fileio import atomic_write_json, atomic_write_text
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
                     ("H100", 989.0), ("A100", 312.0))
 SECTIONS = {  # priority order: what matters most runs first
-    "train": gpu_train.section_train, "queue": gpu_train.section_queue,
+    "train": gpu_train.section_train, "sharded": gpu_engines.section_sharded,
+    "queue": gpu_train.section_queue,
     "eval": gpu_data.section_eval, "rawboost": gpu_data.section_rawboost,
     "options": gpu_train.section_options, "max_batch": gpu_train.section_max_batch,
     "profile": gpu_train.section_profile, "zero2": gpu_engines.section_zero2,
     "compile": gpu_engines.section_compile,
 }
 BOXES = {"train": 120, "queue": 40, "eval": 40, "rawboost": 40, "options": 90,
-         "max_batch": 50, "profile": 20, "zero2": 50, "compile": 170}
+         "max_batch": 50, "profile": 20, "zero2": 50, "sharded": 90, "compile": 170}
 GPU_DEFAULTS = dict(
     preset="xlsr-300m-random", crops=[4.0, 10.0], batch=32, budget=420.0,
+    big_preset="xlsr-1b", big_batch=16,
     queue_sizes=[0, 8192, 65536], eval_batches=[16, 32, 64, 128, 256], max_batch_cap=2048,
     compile_backend="inductor", compile_min_s=60.0, profile_steps=3,
     warmup=3, min_steps=5, max_steps=40, min_time=2.0, setting_box=20.0)
 SMOKE = dict(  # the compile check uses dynamo alone ("eager"): inductor takes minutes on CPU
-    preset="tiny", crops=[0.5, 1.0], batch=4, budget=40.0,
+    preset="tiny", crops=[0.5, 1.0], batch=4, budget=40.0, big_preset="tiny", big_batch=4,
     queue_sizes=[0, 64, 256], eval_batches=[2, 4], max_batch_cap=8,
     compile_backend="eager", compile_min_s=5.0, profile_steps=1,
     warmup=1, min_steps=2, max_steps=2, min_time=0.0, setting_box=5.0)
@@ -94,7 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="compile each encoder layer (default) or the whole model")
     p.add_argument("--compile-min-s", type=float, help="seconds compile needs to start (60)")
     p.add_argument("--profile-steps", type=int, help="steps under torch.profiler (default 3)")
-    p.add_argument("--deepspeed-cpu", action="store_true", help="run zero2 on CPU too")
+    p.add_argument("--deepspeed-cpu", action="store_true",
+                   help="run zero2 and sharded's ZeRO-3 on CPU too")
+    p.add_argument("--big-preset", help="encoder of section sharded (default xlsr-1b)")
+    p.add_argument("--big-batch", type=int, help="batch of section sharded (default 16)")
     for name, kind in (("warmup", int), ("min-steps", int), ("max-steps", int),
                        ("min-time", float), ("setting-box", float)):
         p.add_argument(f"--{name}", type=kind, help="step timing policy (see gpu_step.Timing)")
@@ -204,7 +212,7 @@ def build_meta(args: argparse.Namespace, ctx: Ctx, peak: tuple) -> dict:
     import transformers
 
     name, label = device_label(ctx.device)
-    keep = ("preset", "crops", "batch", "budget", "sections", "boxes", "queue_sizes",
+    keep = ("preset", "big_preset", "big_batch", "crops", "batch", "budget", "sections", "boxes", "queue_sizes",
             "eval_batches", "max_batch_cap", "compile_backend", "compile_mode", "deepspeed_cpu",
             "smoke", "note")
     return {

@@ -1,8 +1,16 @@
-"""DeepSpeed ZeRO-2 vs plain DDP on one device, and torch.compile, for bench/gpu.py.
+"""DeepSpeed ZeRO-2 vs plain DDP on one device, a bigger encoder under ZeRO-3 and FSDP2, and
+torch.compile, for bench/gpu.py.
 
 zero2: one process, world size 1. DeepSpeed's bf16 mode keeps bf16 weights and activations
 with fp32 master weights inside the ZeRO optimizer (not autocast); the optimizer is torch's
-AdamW handed to deepspeed.initialize (no JIT-built DeepSpeed op is needed on CUDA). The
+AdamW handed to deepspeed.initialize (no JIT-built DeepSpeed op is needed on CUDA).
+sharded: the 1B preset (--big-preset) at the first crop and --big-batch, world size 1: plain
+(no wrapper), ZeRO-3 (launch/ds_zero3.json, what Stage 1 runs with under
+SCCL_LAUNCH=deepspeed3) and FSDP2 (torch's fully_shard on every encoder layer and the root,
+bf16 parameters, fp32 gradient reduction: what launch/fsdp.yaml asks Accelerate for), each with
+and without activation checkpointing. One device shards nothing: the rows measure what the
+wrappers cost and the peak memory of one GPU's share at world size 1 (the memory table in the
+README computes the other world sizes). The
 forward also runs under bf16 autocast: without it SupConModel's fp32 hidden-state average
 meets the bf16 head Linear and fails with a dtype error (as it would under Accelerate's
 DeepSpeed bf16, which adds no autocast).
@@ -19,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -47,23 +55,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _init_single_process(ctx: Ctx) -> None:
-    """A world-1 process group through DeepSpeed (NCCL on CUDA, gloo on CPU)."""
-    import deepspeed
-
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())),
-                       ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+def _init_single_process(ctx: Ctx, deepspeed_init: bool = True) -> None:
+    """A world-1 process group (NCCL on CUDA, gloo on CPU), through DeepSpeed when it will
+    be used (it then knows the group), else through torch."""
+    os.environ["MASTER_PORT"] = str(_free_port())  # a fresh one for every section
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"),
+                       ("WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
     if ctx.cuda:
         torch.cuda.set_device(ctx.device)
-    deepspeed.init_distributed(dist_backend="nccl" if ctx.cuda else "gloo",
-                               auto_mpi_discovery=False, verbose=False)
+    backend = "nccl" if ctx.cuda else "gloo"
+    if not deepspeed_init:
+        torch.distributed.init_process_group(backend)
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
-def zero2_config(batch: int) -> dict:
-    """launch/ds_zero2.json (what training runs with) with its "auto" values filled in as
+def zero2_config(batch: int, name: str = "ds_zero2.json") -> dict:
+    """launch/<name> (what training runs with) with its "auto" values filled in as
     Accelerate would for one process: micro batch = batch, no accumulation, clip 5.0, bf16."""
-    config = json.loads((REPO / "launch" / "ds_zero2.json").read_text())
+    config = json.loads((REPO / "launch" / name).read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}  # comment keys
     config.update(train_micro_batch_size_per_gpu=batch, train_batch_size=batch,
                   gradient_accumulation_steps=1, gradient_clipping=5.0)
     config["bf16"] = {"enabled": True}
@@ -86,7 +100,7 @@ def zero2_builder(ctx: Ctx, s: Setting):
     model = build_model(ctx, s)
     optimizer = build_optimizer(model, fused=False)  # ZeRO steps one flat fp32 partition
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                      config=zero2_config(s.batch))
+                                      config=zero2_config(s.batch, _DS_JSON[s.name.split()[0]]))
     host = host_batch(ctx, s.batch, s.crop_s)
 
     def step() -> float:
@@ -99,6 +113,67 @@ def zero2_builder(ctx: Ctx, s: Setting):
         return loss.item()
 
     return step, model.encoder.config
+
+
+_DS_JSON = {"zero2": "ds_zero2.json", "zero3": "ds_zero3.json"}  # by the setting's first word
+
+
+def fsdp2_builder(ctx: Ctx, s: Setting):
+    """FSDP2 as Stage 1 runs it: every encoder layer and the whole model fully_shard-ed,
+    bf16 parameters in compute, fp32 gradients reduced and stepped."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    model = build_model(ctx, s)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in model.encoder.encoder.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    # DTensor parameters: torch's default (foreach) AdamW, as Accelerate builds it
+    step = make_step(ctx, model, build_optimizer(model, fused=False),
+                     host_batch(ctx, s.batch, s.crop_s), s.precision)
+    return step, model.encoder.config
+
+
+def section_sharded(ctx: Ctx, args, done: dict) -> dict:
+    """The bigger encoder (--big-preset) at world size 1: plain, ZeRO-3 and FSDP2, with and
+    without activation checkpointing: samples/s, step time, peak memory."""
+    big = replace(ctx, preset=args.big_preset)
+    crop = args.crops[0]
+    try:
+        import deepspeed
+        ds = deepspeed.__version__ if ctx.cuda or args.deepspeed_cpu else None
+        ds_note = None if ds else ("skipped: DeepSpeed on CPU JIT-compiles its shared-memory "
+                                   "comm op (minutes on 2 cores); pass --deepspeed-cpu")
+    except Exception as err:  # ImportError, or a broken install raising anything else
+        ds, ds_note = None, f"skipped: deepspeed does not import ({type(err).__name__}: {err})"
+    _init_single_process(big, deepspeed_init=ds is not None)
+    rows = []
+    try:
+        for ckpt in (False, True):
+            tag = " + act. ckpt" if ckpt else ""
+            base = Setting("plain" + tag, crop, args.big_batch, checkpointing=ckpt)
+            rows.append(guarded(big, base))
+            rows.append(guarded(big, replace(base, name="fsdp2" + tag, fused_adam=False),
+                                builder=fsdp2_builder))
+            zero3 = replace(base, name="zero3" + tag, fused_adam=False)
+            rows.append(guarded(big, zero3, builder=zero2_builder) if ds else
+                        {"setting": asdict(zero3), "status": ds_note})
+    finally:
+        torch.distributed.destroy_process_group()
+    for plain, *wrapped in (rows[:3], rows[3:]):
+        for row in wrapped:
+            if rate(row) and rate(plain):
+                row["speed_vs_plain"] = rate(row) / rate(plain)
+    return {"preset": args.big_preset, "crop_s": crop, "batch": args.big_batch,
+            "parameters": _parameter_count(args.big_preset), "deepspeed": ds, "results": rows,
+            "zero3_config": zero2_config(args.big_batch, "ds_zero3.json") if ds else None}
+
+
+def _parameter_count(preset: str) -> int:
+    from sccl.model import ModelConfig, SupConModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in SupConModel(ModelConfig(encoder=preset)).parameters())
 
 
 def section_zero2(ctx: Ctx, args, done: dict) -> dict:

@@ -131,6 +131,10 @@ def _sections_md(sec: dict) -> list[str]:
                        ("zero2", "DDP / DeepSpeed ZeRO-2, world 1"), ("compile", "torch.compile")):
         if _get(sec, key, "results"):
             lines += _table(title, sec[key]["results"], "speed_vs_best")
+    if _get(sec, "sharded", "results"):
+        big = sec["sharded"]
+        lines += _table(f"{big['preset']} ({_fmt(big['parameters'])} parameters): plain / FSDP2 / "
+                        "ZeRO-3, world 1", big["results"], "speed_vs_plain")
     if _get(sec, "compile", "results"):
         lines += [f"compile time: {_fmt(sec['compile']['results'][0].get('compile_s'))} s", ""]
     if _get(sec, "queue", "results"):

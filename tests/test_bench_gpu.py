@@ -53,6 +53,17 @@ def test_smoke_report_has_every_section(tmp_path):
     for name in ("train", "queue", "eval", "rawboost", "options", "max_batch", "profile"):
         assert sec[name]["status"] == "ok", (name, sec[name])
     assert sec["zero2"]["status"].startswith("skipped: DeepSpeed on CPU")
+    big = sec["sharded"]  # the 1B step's code paths, on the tiny preset
+    assert big["status"] == "ok" and big["preset"] == "tiny" and big["parameters"] > 0
+    assert [r["setting"]["name"] for r in big["results"]] == [
+        "plain", "fsdp2", "zero3", "plain + act. ckpt", "fsdp2 + act. ckpt", "zero3 + act. ckpt"]
+    for r in big["results"]:
+        if r["setting"]["name"].startswith("zero3"):
+            assert r["status"].startswith("skipped: DeepSpeed on CPU")
+        else:
+            assert r["status"] == "ok" and r["samples_per_s"] > 0, r
+            assert r["setting"]["checkpointing"] == r["setting"]["name"].endswith("ckpt")
+    assert big["results"][1]["speed_vs_plain"] > 0
     assert sec["compile"]["status"] == "ok" or sec["compile"]["status"].startswith(
         ("skipped: compile did not finish", "skipped: time budget")), sec["compile"]  # load
     _check_sections(sec)

@@ -95,7 +95,7 @@ def test_multinode_command_lines(tmp_path):
     assert opts["deepspeed_config_file"] == str(REPO / "launch" / "ds_zero2.json")
 
     one = {"SLURM_GPUS_ON_NODE": "2"}
-    for mode, config, json in (("deepspeed3", "deepspeed_zero3.yaml", "ds_zero3.json"),
+    for mode, config, ds_json in (("deepspeed3", "deepspeed_zero3.yaml", "ds_zero3.json"),
                                ("fsdp", "fsdp.yaml", None)):
         rc, out, err = node_command({**one, "SCCL_LAUNCH": mode}, tmp_path,
                                     str(REPO / "sccl" / "train_supcon.py"))
@@ -103,7 +103,7 @@ def test_multinode_command_lines(tmp_path):
         _, opts, _ = parse_launch(out.strip())
         assert opts["config_file"] == str(REPO / "launch" / config)
         assert (REPO / "launch" / config).is_file()
-        assert opts.get("deepspeed_config_file") == (json and str(REPO / "launch" / json))
+        assert opts.get("deepspeed_config_file") == (ds_json and str(REPO / "launch" / ds_json))
         # Stage 2 and evaluation embed with a frozen encoder: nothing to shard, DDP's config
         for script in ("sccl/train_linear.py", "sccl/evaluate.py"):
             rc, out, err = node_command({**one, "SCCL_LAUNCH": mode}, tmp_path, script)
