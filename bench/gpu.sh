@@ -12,8 +12,9 @@
 # numpy, safetensors, but not deepspeed (section zero2), its pydantic/hjson, or soundfile
 # (+ cffi, pycparser; the decode rate in section rawboost). Without .whl/ those sections (and
 # the ZeRO-3 rows of section sharded) record "skipped: ..." and the rest still runs.
-# DeepSpeed is an sdist that needs torch at build time, hence `pip wheel --no-build-isolation`; it builds no C++/CUDA op (pure Python
-# wheel, ops JIT-built on first use, and this benchmark uses none on CUDA).
+# DeepSpeed is an sdist that needs torch at build time, hence `pip wheel --no-build-isolation`;
+# it builds no C++/CUDA op (pure Python wheel, ops JIT-built on first use, and this benchmark
+# uses none on CUDA).
 #
 # Environment: BENCH_BUDGET_S (default 400: the Python-side deadline; the sections past it
 # are recorded as skipped), PYTHON (default python3 there; /work/venv/bin/python here).
