@@ -1,23 +1,30 @@
-"""XLS-R (wav2vec 2.0) encoder + SupCon projection head: raw 16 kHz waves -> unit vectors z.
+"""wav2vec2-family encoder + SupCon projection head: raw 16 kHz waves -> unit vectors z.
 
-    wave (B, T) -> Wav2Vec2Model -> hidden states (L+1) x (B, F, H) -> aggregate -> (B, F, H)
+    wave (B, T) -> encoder -> hidden states (L+1) x (B, F, H) -> aggregate -> (B, F, H)
       -> per frame Dropout -> LeakyReLU -> Linear(H -> P) -> masked mean over valid frames
       -> L2-normalise -> z (B, P)
 
-The encoder is a `transformers.Wav2Vec2Model`, chosen by `ModelConfig.encoder`:
+The encoder is one of the wav2vec2 family, chosen by `ModelConfig.encoder` and built with the
+transformers class that config.json's `model_type` names (`_FAMILIES`): wav2vec2
+(Wav2Vec2Model: XLS-R 300M/1B/2B, MMS), hubert (HubertModel), wavlm (WavLMModel),
+data2vec-audio (Data2VecAudioModel). `encoder` is
   "facebook/wav2vec2-xls-r-300m"  (the default: the study's encoder) or any other hub id or
-                      local directory for `Wav2Vec2Model.from_pretrained`. Compute nodes often
+                      local directory of one of these families (microsoft/wavlm-large,
+                      facebook/hubert-large-ll60k, facebook/mms-1b, ...). Compute nodes often
                       cannot reach the hub: download on a machine with internet with
                       `hf download facebook/wav2vec2-xls-r-300m --local-dir DIR` (huggingface_hub
                       >= 1.0; older: huggingface-cli download), then set encoder to DIR. A hub id
                       already in the local Hugging Face cache loads without the network; one that
                       is not fails at once under HF_HUB_OFFLINE=1, and after one short probe of
                       the hub otherwise (no minute of retries on every rank);
-  "tiny"              random-init toy (2 layers, hidden 32): CPU tests and the demo;
-  "xlsr-300m-random"  the facebook/wav2vec2-xls-r-300m architecture with random weights
-                      (315.4 M parameters): speed and memory measurements.
-`SupConModel.save_pretrained(dir)` writes the weights and both configs, so a run directory
-loads with `SupConModel.from_pretrained(dir)` without the hub.
+  a preset (`PRESETS`): random init with the full architecture of a published checkpoint,
+                      for speed and memory measurements: "xlsr-300m" (alias
+                      "xlsr-300m-random"), "xlsr-1b", "xlsr-2b", "mms-300m", "mms-1b",
+                      "hubert-large", "wavlm-large", "data2vec-audio-large"; or a reduced-width
+                      one for CPU tests and the demo: "tiny" (wav2vec2), "tiny-hubert",
+                      "tiny-wavlm", "tiny-data2vec".
+`SupConModel.save_pretrained(dir)` writes the weights and both configs (the encoder's with its
+model_type), so a run directory loads with `SupConModel.from_pretrained(dir)` without the hub.
 
 transformers is imported only when an encoder is built: importing this module (as every entry
 script does before parsing its arguments, and `--help`) stays cheap.
@@ -42,7 +49,7 @@ from torch import nn
 from sccl.fileio import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
-    from transformers import Wav2Vec2Model
+    from transformers import PretrainedConfig, PreTrainedModel
 
 XLSR_300M_HUB_ID = "facebook/wav2vec2-xls-r-300m"
 Aggregation = Literal["mean_all", "last", "weighted"]
@@ -53,30 +60,82 @@ FORMAT_VERSION = 1
 # Present only when SpecAugment masking is on (mask_*_prob > 0): tolerated when absent/extra.
 _OPTIONAL_KEYS = frozenset({"encoder.masked_spec_embed"})
 
-# facebook/wav2vec2-xls-r-300m's config.json (not readable offline: the architecture values are
-# the published ones and give the hub model's 315,438,720 parameters with masked_spec_embed;
-# the dropouts are the hub's to our knowledge and change neither architecture nor count).
-# The conv feature encoder of every published wav2vec 2.0 / XLS-R checkpoint (and
-# Wav2Vec2Config's defaults): receptive field 400 samples, stride 320.
+# config.json's model_type -> (transformers config class, model class, attention kernels it
+# supports beyond "eager"). WavLM has only its own attention (gated relative position bias).
+_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model", ("sdpa", "flash_attention_2", "flex_attention")),
+    "hubert": ("HubertConfig", "HubertModel", ("sdpa", "flash_attention_2", "flex_attention")),
+    "wavlm": ("WavLMConfig", "WavLMModel", ()),
+    "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioModel",
+                       ("sdpa", "flash_attention_2", "flex_attention")),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A random-init encoder: its family, architecture values and the checkpoint they copy."""
+
+    model_type: str
+    """config.json's model_type: a key of _FAMILIES."""
+    kwargs: dict[str, Any]
+    """Arguments of the family's transformers config class."""
+    checkpoint: str | None = None
+    """The published checkpoint whose architecture this is; None for reduced-width test sizes."""
+
+
+# The architecture values of the published config.json files (not readable offline). Sources:
+# torchaudio 2.11's builders of the same released checkpoints (torchaudio.models.wav2vec2_xlsr_300m,
+# _1b, _2b, hubert_large, wavlm_large: same widths, depths, heads, FFN sizes, conv bias, layer-norm
+# conv stack, pre-norm ("layer_norm_first") encoder, positional conv 128/16, WavLM's 320 buckets
+# and distance 800), whose parameter counts equal these presets' (tests/test_frontends.py); the
+# MMS paper and model cards (MMS 300m/1b are the XLS-R 300M/1B architectures, pretrained on more
+# languages); the data2vec paper for data2vec-audio Large (24 blocks, 1024, FFN 4096, 16 heads;
+# transformers' Data2VecAudioConfig defaults for its 5-layer positional conv, kernel 19).
+# Dropouts are the hubs' to our knowledge and change neither architecture nor count. The conv
+# feature encoder of every one: receptive field 400 samples, stride 320 (Wav2Vec2Config's
+# defaults as well).
 _CONV_KERNEL, _CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
-_XLSR_300M = dict(
+_LARGE = dict(  # the 24-layer, 1024-wide pre-norm encoder shared by all families' Large sizes
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-    hidden_act="gelu", conv_dim=(512,) * 7, conv_kernel=_CONV_KERNEL,
-    conv_stride=_CONV_STRIDE, conv_bias=True, feat_extract_norm="layer",
-    feat_extract_activation="gelu", do_stable_layer_norm=True, num_conv_pos_embeddings=128,
-    num_conv_pos_embedding_groups=16, layer_norm_eps=1e-5, hidden_dropout=0.1,
+    hidden_act="gelu", conv_dim=(512,) * 7, conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE,
+    feat_extract_activation="gelu", layer_norm_eps=1e-5, hidden_dropout=0.1,
     attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
 )
-# Same conv kernels/strides as XLS-R (receptive field 400, stride 320: 16 kHz -> 50 frames/s,
-# identical frame counts) and the same layer-norm / stable-layer-norm code path, tiny widths.
-# 16 channels per positional-conv group: with 4-12, torch 2.11's oneDNN bf16 grouped conv1d
-# returns wrong values on AVX512 CPUs (measured), which would break CPU bf16 runs.
-_TINY = {
-    **_XLSR_300M, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
+_STABLE = dict(feat_extract_norm="layer", do_stable_layer_norm=True,  # not in data2vec-audio
+               num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
+_XLSR_300M = {**_LARGE, **_STABLE, "conv_bias": True}
+_XLSR_1B = {**_XLSR_300M, "hidden_size": 1280, "num_hidden_layers": 48, "intermediate_size": 5120}
+_XLSR_2B = {**_XLSR_300M, "hidden_size": 1920, "num_hidden_layers": 48, "intermediate_size": 7680}
+_HUBERT_LARGE = {**_LARGE, **_STABLE, "conv_bias": False, "feat_proj_layer_norm": True}
+_WAVLM_LARGE = {**_LARGE, **_STABLE, "conv_bias": False, "num_buckets": 320,
+                "max_bucket_distance": 800}
+_DATA2VEC_LARGE = {**_LARGE, "conv_bias": False, "num_conv_pos_embeddings": 5,
+                   "conv_pos_kernel_size": 19, "num_conv_pos_embedding_groups": 16}
+# Reduced widths, same conv kernels/strides (receptive field 400, stride 320: 16 kHz -> 50
+# frames/s, identical frame counts) and each family's code path. 16 channels per
+# positional-conv group: with 4-12, torch 2.11's oneDNN bf16 grouped conv1d returns wrong
+# values on AVX512 CPUs (measured), which would break CPU bf16 runs.
+_SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "intermediate_size": 64, "conv_dim": (32,) * 7, "num_conv_pos_embedding_groups": 2}
+_TINY = {**_XLSR_300M, **_SMALL, "num_conv_pos_embeddings": 16}
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("wav2vec2", _TINY),
+    "tiny-hubert": Preset("hubert", {**_HUBERT_LARGE, **_SMALL, "num_conv_pos_embeddings": 16}),
+    "tiny-wavlm": Preset("wavlm", {**_WAVLM_LARGE, **_SMALL, "num_conv_pos_embeddings": 16,
+                                   "num_buckets": 16, "max_bucket_distance": 40}),
+    "tiny-data2vec": Preset("data2vec-audio", {**_DATA2VEC_LARGE, **_SMALL,
+                                               "num_conv_pos_embeddings": 2}),
+    "xlsr-300m": Preset("wav2vec2", _XLSR_300M, "facebook/wav2vec2-xls-r-300m"),
+    "xlsr-300m-random": Preset("wav2vec2", _XLSR_300M, "facebook/wav2vec2-xls-r-300m"),
+    "xlsr-1b": Preset("wav2vec2", _XLSR_1B, "facebook/wav2vec2-xls-r-1b"),
+    "xlsr-2b": Preset("wav2vec2", _XLSR_2B, "facebook/wav2vec2-xls-r-2b"),
+    "mms-300m": Preset("wav2vec2", _XLSR_300M, "facebook/mms-300m"),
+    "mms-1b": Preset("wav2vec2", _XLSR_1B, "facebook/mms-1b"),
+    "hubert-large": Preset("hubert", _HUBERT_LARGE, "facebook/hubert-large-ll60k"),
+    "wavlm-large": Preset("wavlm", _WAVLM_LARGE, "microsoft/wavlm-large"),
+    "data2vec-audio-large": Preset("data2vec-audio", _DATA2VEC_LARGE,
+                                   "facebook/data2vec-audio-large"),
 }
-_PRESET_KWARGS = {"tiny": _TINY, "xlsr-300m-random": _XLSR_300M}
 
 
 class ModelLoadError(OSError):
@@ -88,9 +147,13 @@ class ModelConfig:
     """Stage 1 model: encoder choice, hidden-state aggregation and projection head."""
 
     encoder: str = XLSR_300M_HUB_ID
-    """A hub id or local directory passed to `Wav2Vec2Model.from_pretrained` (default: the
-    study's XLS-R 300M), or a random-init preset: "tiny" (tests, demo) | "xlsr-300m-random"
-    (presets win over a directory with the same name)."""
+    """A hub id or local directory of a wav2vec2-family checkpoint (default: the study's XLS-R
+    300M), loaded with the transformers class of its config.json's model_type: wav2vec2 (XLS-R,
+    MMS), hubert, wavlm or data2vec-audio. Or a random-init preset with a published
+    checkpoint's architecture: "xlsr-300m" (= "xlsr-300m-random"), "xlsr-1b", "xlsr-2b",
+    "mms-300m", "mms-1b", "hubert-large", "wavlm-large", "data2vec-audio-large"; or a
+    reduced-width one for tests: "tiny" (also the demo's), "tiny-hubert", "tiny-wavlm",
+    "tiny-data2vec". Presets win over a directory with the same name."""
     aggregation: Aggregation = "mean_all"
     """"mean_all": mean of all L+1 hidden states (input to layer 1 + every layer; 25 for
     XLS-R), as the study; "last": last layer only; "weighted": learned softmax-weighted sum
@@ -116,7 +179,8 @@ class ModelConfig:
     value (presets: 0); a number overrides."""
     attn_implementation: AttnImplementation = "sdpa"
     """Encoder attention kernel: "sdpa" (torch scaled_dot_product_attention), "eager",
-    "flash_attention_2" (needs CUDA and flash-attn) or "flex_attention"."""
+    "flash_attention_2" (needs CUDA and flash-attn) or "flex_attention". WavLM has only its own
+    ("eager") and runs it whatever is set here; the value used is saved with the run."""
     normalize_wave: bool = False
     """Zero-mean/unit-variance per utterance over its valid samples, as the XLS-R checkpoint's
     feature extractor (do_normalize=True) does; off = the waves as the data pipeline gives them."""
@@ -145,8 +209,8 @@ class ModelConfig:
         """Samples the encoder needs for one frame, read without building it: from the preset,
         the local directory's config.json or a cached hub config, else the conv stack that
         every published wav2vec 2.0 / XLS-R checkpoint shares (400)."""
-        if self.encoder in _PRESET_KWARGS:
-            kw = _PRESET_KWARGS[self.encoder]
+        if self.encoder in PRESETS:
+            kw = PRESETS[self.encoder].kwargs
             return receptive_field(kw["conv_kernel"], kw["conv_stride"])
         path = Path(self.encoder).expanduser() / "config.json"
         if not path.is_file():
@@ -168,32 +232,71 @@ def receptive_field(kernels, strides) -> int:
     return rf
 
 
-def _overrides(cfg: ModelConfig) -> dict[str, Any]:
+def _overrides(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
     """Encoder config values that ModelConfig decides, whatever the checkpoint says (mask
-    probabilities only when set: null keeps the checkpoint's)."""
-    out = dict(layerdrop=cfg.layerdrop, attn_implementation=cfg.attn_implementation)
+    probabilities only when set: null keeps the checkpoint's; the attention kernel only where
+    the family has a choice)."""
+    attention = cfg.attn_implementation if cfg.attn_implementation in _FAMILIES[model_type][2] \
+        else "eager"
+    out = dict(layerdrop=cfg.layerdrop, attn_implementation=attention)
     for name in ("mask_time_prob", "mask_feature_prob"):
         if getattr(cfg, name) is not None:
             out[name] = getattr(cfg, name)
     return out
 
 
-def build_encoder(cfg: ModelConfig, encoder_config: dict | None = None) -> Wav2Vec2Model:
-    """The encoder for `cfg`: from `encoder_config` (a saved Wav2Vec2Config dict; random init,
-    the caller loads the weights), a preset, or `from_pretrained` on a directory/hub id."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
+def _family(model_type: Any, source: str | Path) -> tuple[type, type]:
+    """(config class, model class) of a model_type, or one clear error naming ``source``."""
+    if model_type not in _FAMILIES:
+        raise ModelLoadError(f"{source}: model_type {model_type!r} is not a supported encoder "
+                             f"family; supported: {', '.join(_FAMILIES)}")
+    import transformers
 
-    if encoder_config is not None:
-        return Wav2Vec2Model(Wav2Vec2Config.from_dict(encoder_config, **_overrides(cfg)))
-    if cfg.encoder in _PRESET_KWARGS:  # random init: SpecAugment off unless asked for
-        kwargs = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, **_overrides(cfg)}
-        return Wav2Vec2Model(Wav2Vec2Config(**_PRESET_KWARGS[cfg.encoder], **kwargs))
-    return _load_pretrained_encoder(cfg.encoder, _overrides(cfg))
+    config_name, model_name, _ = _FAMILIES[model_type]
+    return getattr(transformers, config_name), getattr(transformers, model_name)
 
 
-def _load_pretrained_encoder(name: str, overrides: dict[str, Any]) -> Wav2Vec2Model:
-    from transformers import Wav2Vec2Model
+def _family_of_file(path: Path) -> tuple[str, type]:
+    """(model_type, model class) named by a checkpoint's config.json."""
+    try:
+        conf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path}: cannot read: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
+    model_type = conf.get("model_type") if isinstance(conf, dict) else None
+    return model_type, _family(model_type, path)[1]
 
+
+def encoder_config(name_or_cfg: str | ModelConfig) -> PretrainedConfig:
+    """The transformers config of a preset (by name, or a ModelConfig naming one), with the
+    values ModelConfig decides (layerdrop, attention kernel, SpecAugment: off unless set)."""
+    cfg = name_or_cfg if isinstance(name_or_cfg, ModelConfig) else ModelConfig(encoder=name_or_cfg)
+    if cfg.encoder not in PRESETS:
+        raise ModelLoadError(f"{cfg.encoder!r} is not a preset; presets: {', '.join(PRESETS)}")
+    preset = PRESETS[cfg.encoder]
+    config_cls, _ = _family(preset.model_type, f"preset {cfg.encoder!r}")
+    kwargs = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0,
+              **_overrides(cfg, preset.model_type)}
+    return config_cls(**preset.kwargs, **kwargs)
+
+
+def build_encoder(cfg: ModelConfig, encoder_config_dict: dict | None = None) -> PreTrainedModel:
+    """The encoder for `cfg`: from `encoder_config_dict` (a saved encoder config dict, family
+    from its model_type; random init, the caller loads the weights), a preset, or
+    `from_pretrained` on a directory/hub id."""
+    if encoder_config_dict is not None:
+        model_type = encoder_config_dict.get("model_type", "wav2vec2")
+        config_cls, model_cls = _family(model_type, "encoder_config")
+        return model_cls(config_cls.from_dict(encoder_config_dict, **_overrides(cfg, model_type)))
+    if cfg.encoder in PRESETS:  # random init: SpecAugment off unless asked for
+        _, model_cls = _family(PRESETS[cfg.encoder].model_type, f"preset {cfg.encoder!r}")
+        return model_cls(encoder_config(cfg))
+    return _load_pretrained_encoder(cfg)
+
+
+def _load_pretrained_encoder(cfg: ModelConfig) -> PreTrainedModel:
+    name = cfg.encoder
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file() and (path / CONFIG_NAME).is_file():
@@ -201,8 +304,12 @@ def _load_pretrained_encoder(name: str, overrides: dict[str, Any]) -> Wav2Vec2Mo
                 f"could not load encoder '{name}': it is a SupConModel directory "
                 f"({CONFIG_NAME}); load it with SupConModel.from_pretrained"
             )
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"could not load encoder '{name}' (local directory): no "
+                                 "config.json (a checkpoint written by save_pretrained)")
+        model_type, model_cls = _family_of_file(path / "config.json")
         try:
-            return Wav2Vec2Model.from_pretrained(str(path), **overrides)
+            return model_cls.from_pretrained(str(path), **_overrides(cfg, model_type))
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load encoder '{name}' (local directory): {err}") from err
     missing = f"could not load encoder: no such directory: {name}"
@@ -211,20 +318,35 @@ def _load_pretrained_encoder(name: str, overrides: dict[str, Any]) -> Wav2Vec2Mo
                              "local encoder is a directory with config.json and weights)")
     if not _looks_like_hub_id(name):
         raise ModelLoadError(missing)
-    try:  # a hub id already in the local cache: no network at all
-        return Wav2Vec2Model.from_pretrained(name, local_files_only=True, **overrides)
-    except (OSError, ValueError):
-        pass
+    cached = _cached_hub_file(name, "config.json")
+    if cached is not None:  # a hub id already in the local cache: no network at all
+        model_type, model_cls = _family_of_file(cached)
+        try:
+            return model_cls.from_pretrained(name, local_files_only=True,
+                                             **_overrides(cfg, model_type))
+        except (OSError, ValueError):
+            pass
     download = (f"download it on a machine with internet (`hf download {name} --local-dir DIR`) "
                 "and set the encoder to DIR")
     if _hub_offline():
         raise ModelLoadError(f"{missing}; as a hub id it is not in the local Hugging Face cache "
                              f"and HF_HUB_OFFLINE is set: {download}")
     _probe_hub(name, f"{missing}; as a hub id", download)
+    return _download_encoder(cfg, f"{missing}; as a hub id it could not be loaded")
+
+
+def _download_encoder(cfg: ModelConfig, prefix: str) -> PreTrainedModel:
+    """config.json first (its model_type picks the class), then the weights."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
     try:
-        return Wav2Vec2Model.from_pretrained(name, **overrides)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{missing}; as a hub id it could not be loaded: {err}") from err
+        model_type, model_cls = _family_of_file(Path(hf_hub_download(cfg.encoder, "config.json")))
+        return model_cls.from_pretrained(cfg.encoder, **_overrides(cfg, model_type))
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, HfHubHTTPError) as err:
+        raise ModelLoadError(f"{prefix}: {err}") from err
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -268,7 +390,7 @@ def _cached_hub_file(name: str, filename: str) -> Path | None:
 
 
 class SupConModel(nn.Module):
-    """Wav2Vec2 encoder + aggregation + projection head -> L2-normalised z (B, proj_dim)."""
+    """wav2vec2-family encoder + aggregation + projection head -> L2-normalised z (B, proj_dim)."""
 
     def __init__(self, cfg: ModelConfig, *, encoder_config: dict | None = None) -> None:
         super().__init__()
@@ -276,7 +398,8 @@ class SupConModel(nn.Module):
         # The config as run: null mask probabilities replaced by the encoder's own values, so
         # that config.yaml and save_pretrained record what was used.
         self.cfg = dataclasses.replace(cfg, mask_time_prob=self.encoder.config.mask_time_prob,
-                                       mask_feature_prob=self.encoder.config.mask_feature_prob)
+                                       mask_feature_prob=self.encoder.config.mask_feature_prob,
+                                       attn_implementation=self.encoder.config._attn_implementation)
         hidden = self.encoder.config.hidden_size
         self.num_hidden_states = self.encoder.config.num_hidden_layers + 1
         if cfg.aggregation == "weighted":  # zeros -> softmax uniform -> starts as mean_all
@@ -311,9 +434,11 @@ class SupConModel(nn.Module):
         mask = self._check_inputs(wave, attention_mask)
         if self.cfg.normalize_wave:
             wave = _normalize_wave(wave, mask)
-        # Layer-norm feature encoders (XLS-R) were trained with padding masks; group-norm ones
-        # (wav2vec2-base) normalise over time and expect zero padding without a mask.
-        pass_mask = mask if self.encoder.config.feat_extract_norm == "layer" else None
+        # Layer-norm feature encoders (XLS-R, the Large sizes; data2vec-audio's has no other)
+        # were trained with padding masks; group-norm ones (the Base sizes) normalise over time
+        # and expect zero padding without a mask.
+        norm = getattr(self.encoder.config, "feat_extract_norm", "layer")
+        pass_mask = mask if norm == "layer" else None
         want_all = self.cfg.aggregation != "last"
         wave = wave.to(self.encoder.dtype)  # bf16 weights (DeepSpeed) take bf16 input
         out = self.encoder(wave, attention_mask=pass_mask, output_hidden_states=want_all)
@@ -347,8 +472,11 @@ class SupConModel(nn.Module):
         if len(states) != self.num_hidden_states:
             raise RuntimeError(f"encoder returned {len(states)} hidden states, expected "
                                f"{self.num_hidden_states} (layerdrop must be 0)")
-        # transformers 5 records the last layer before the final layer norm (stable-layer-norm
-        # models); transformers 4 returned the normed one, as the study's code saw: keep that.
+        # transformers 5 records each layer's output, so a pre-norm encoder's last state comes
+        # before its final layer norm (wav2vec2, hubert and wavlm with do_stable_layer_norm);
+        # transformers 4 returned the normed one, as the study's code saw: take it from
+        # last_hidden_state. Post-norm encoders (data2vec-audio, the Base sizes) have no final
+        # norm: there the two are the same tensor.
         states = (*states[:-1], out.last_hidden_state)
         if self.cfg.aggregation == "mean_all":
             weights = [1.0 / len(states)] * len(states)
@@ -361,8 +489,16 @@ class SupConModel(nn.Module):
         return total
 
     @property
+    def _no_split_modules(self) -> list[str]:
+        """Class names of the encoder's layers (e.g. Wav2Vec2EncoderLayerStableLayerNorm): the
+        blocks Accelerate's FSDP transformer-based auto wrap shards as units. transformers'
+        own attribute is missing (wav2vec2, wavlm, data2vec-audio) or names the post-norm layer
+        only (hubert), so it is read from the layers built."""
+        return sorted({type(layer).__name__ for layer in self.encoder.encoder.layers})
+
+    @property
     def receptive_field(self) -> int:
-        """Samples needed for one frame (400 for XLS-R and the tiny preset)."""
+        """Samples needed for one frame (400 for every preset and published checkpoint)."""
         return receptive_field(self.encoder.config.conv_kernel, self.encoder.config.conv_stride)
 
     def param_groups(
@@ -394,9 +530,10 @@ class SupConModel(nn.Module):
     def save_pretrained(self, directory: str | Path,
                         state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write model.safetensors and model_config.json (ModelConfig + the encoder's full
-        config, so the directory loads without the hub), each atomically. ``state_dict``: the
-        weights to write instead of ``self.state_dict()``, for a sharded model (ZeRO-3, FSDP)
-        whose own parameters are shards: the full one gathered by ``get_state_dict``."""
+        config with its model_type, so the directory loads without the hub), each atomically.
+        ``state_dict``: the weights to write instead of ``self.state_dict()``, for a sharded
+        model (ZeRO-3, FSDP) whose own parameters are shards: the full one gathered by
+        Accelerate's ``get_state_dict``."""
         directory = Path(directory)
         if state_dict is None:
             state_dict = self.state_dict()
@@ -429,6 +566,8 @@ class SupConModel(nn.Module):
         cfg = dataclasses.replace(cfg, **overrides)
         try:
             model = cls(cfg, encoder_config=meta["encoder_config"])
+        except ModelLoadError as err:  # unsupported model_type
+            raise ModelLoadError(f"{directory / CONFIG_NAME}: {err}") from err
         except (TypeError, ValueError, KeyError) as err:
             raise ModelLoadError(f"{directory / CONFIG_NAME}: encoder_config: {err}") from err
         state = read_weights(directory / WEIGHTS_NAME)
@@ -444,7 +583,7 @@ class SupConModel(nn.Module):
         return model
 
 
-def _enable_checkpointing(encoder: Wav2Vec2Model) -> None:
+def _enable_checkpointing(encoder: PreTrainedModel) -> None:
     kwargs = {"use_reentrant": False}  # works with a frozen conv stack and DDP
     if hasattr(encoder, "activation_checkpointing_enable"):  # later 5.x; the old name warns
         encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
