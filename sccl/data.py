@@ -28,11 +28,12 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from sccl.codecs import CodecConfig
 from sccl.config import ConfigError
 from sccl.data_eval import EvalBatches, EvalPlan, padding_batch
 from sccl.data_shards import CorruptDataError, ShardDirError, load_shard_set
@@ -75,14 +76,17 @@ class DataConfig:
     """Apply RawBoost (sccl.rawboost, the study's parameters) to training batches in the workers."""
     rawboost_p: float = 0.7
     """Probability that a training utterance is augmented by RawBoost."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    """Codec and telephone-channel augmentation of training clips after RawBoost (sccl.codecs;
+    off by default: the study uses RawBoost only)."""
     spoof_per_bonafide: float = 1.0
     """Epoch = all bona fide + this many times as many spoof (sets the steps per epoch)."""
     max_corrupt_share: float = 0.01
     """Undecodable samples are skipped and counted; more than this share of the samples seen
     (one is always tolerated unless 0) is an error."""
     seed: int = 42
-    """Base seed: shard order, shuffle buffers, crops and RawBoost derive from (seed, epoch,
-    rank, worker/batch)."""
+    """Base seed: shard order, shuffle buffers, crops, RawBoost and codec augmentation derive
+    from (seed, epoch, rank, worker/batch)."""
     train_crop: Literal["head", "random"] = "head"
     """Training crop: "head" = first crop_seconds (the study's code), or a "random" window."""
     min_clip_samples: int = 400
@@ -111,6 +115,7 @@ class DataConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"DataConfig: {msg}")
+        self.codec.check_rate(self.sample_rate)
 
     def rank_rows(self, world_size: int) -> tuple[int, int]:
         """(bona fide, spoof) rows of each rank batch for `world_size` processes; ConfigError
@@ -152,7 +157,7 @@ class _Loader:
     def __init__(self, plan: TrainPlan | EvalPlan, num_workers: int, max_corrupt_share: float
                  ) -> None:
         self.plan, self.num_workers = plan, num_workers
-        self.corrupt_count, self.short_count, self.seen_count = 0, 0, 0
+        self.corrupt_count, self.short_count, self.seen_count, self.codec_failures = 0, 0, 0, 0
         self.corrupt_keys: list[str] = []
         self.short_keys: list[str] = []
         self._where, self._max_share = plan.shard_set.root, max_corrupt_share
@@ -171,6 +176,11 @@ class _Loader:
                 log.warning("%s sample %s in %s/%s: %d samples, fewer than the encoder's "
                             "minimum (data.min_clip_samples)", action, key, self._where, shard,
                             samples)
+        for key, name, why in batch.pop("_codec_failed", ()):
+            self.codec_failures += 1
+            if self.codec_failures == 1:
+                log.warning("%s augmentation failed on sample %s, which passed through "
+                            "unaugmented (later failures are only counted): %s", name, key, why)
         for key, shard, why in batch.pop("_corrupt"):
             self.corrupt_count += 1
             if key not in self.corrupt_keys:
@@ -213,7 +223,8 @@ def _as_is(batch: dict) -> dict:
 class TrainLoader(_Loader):
     """One rank's batches of one epoch. len() = steps per epoch (same on every rank); iterating
     yields batches start_step .. len()-1. `corrupt_count` / `short_count` = undecodable / too
-    short samples met (and replaced) so far."""
+    short samples met (and replaced) so far; `codec_failures` = clips a codec augmentation
+    failed on (passed through unaugmented)."""
 
     def __iter__(self):
         n, expected = 0, self.plan.steps - self.plan.start_step
@@ -230,7 +241,7 @@ def _check_rank(rank: int, world_size: int) -> None:
 
 
 def _balanced_plan(shard_dir: str, cfg: DataConfig, rank: int, world_size: int, epoch: int,
-                   start_step: int, crop_mode: str, rawboost: bool, attacks_from: str) -> TrainPlan:
+                   start_step: int, crop_mode: str, augment: bool, attacks_from: str) -> TrainPlan:
     _check_rank(rank, world_size)
     nb, n_spoof = cfg.rank_rows(world_size)
     B = nb + n_spoof
@@ -259,8 +270,9 @@ def _balanced_plan(shard_dir: str, cfg: DataConfig, rank: int, world_size: int, 
         seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, sample_rate=cfg.sample_rate,
         crop_len=round(cfg.crop_seconds * cfg.sample_rate), crop_mode=crop_mode,
         label_mode=cfg.label_mode, attacks=attacks, min_samples=cfg.min_clip_samples,
-        rawboost=RawBoostConfig(p=cfg.rawboost_p, sample_rate=cfg.sample_rate) if rawboost
-        else None)
+        rawboost=RawBoostConfig(p=cfg.rawboost_p, sample_rate=cfg.sample_rate)
+        if augment and cfg.rawboost else None,
+        codec=cfg.codec if augment and cfg.codec.enabled else None)
 
 
 def build_train_loader(cfg: DataConfig, *, rank: int, world_size: int, epoch: int,
@@ -270,13 +282,13 @@ def build_train_loader(cfg: DataConfig, *, rank: int, world_size: int, epoch: in
     if not cfg.train_shards:
         raise ShardDirError("DataConfig.train_shards is empty: no training shard directory")
     plan = _balanced_plan(cfg.train_shards, cfg, rank, world_size, epoch, start_step,
-                          cfg.train_crop, cfg.rawboost, "")
+                          cfg.train_crop, True, "")
     return TrainLoader(plan, cfg.num_workers, cfg.max_corrupt_share)
 
 
 def build_dev_loader(cfg: DataConfig, *, rank: int, world_size: int) -> TrainLoader:
     """Balanced dev batches, identical every epoch: first crop_seconds of each clip, no
-    RawBoost, the epoch layout of epoch 0. Attack classes follow the training manifest."""
+    RawBoost or codec augmentation, the epoch layout of epoch 0. Attack classes follow the training manifest."""
     if not cfg.dev_shards:
         raise ShardDirError("DataConfig.dev_shards is empty: no development shard directory")
     plan = _balanced_plan(cfg.dev_shards, cfg, rank, world_size, 0, 0, "head", False,

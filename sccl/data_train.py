@@ -19,6 +19,9 @@ Layout of one epoch (planned from manifest counts only, identical on every rank)
   stream (looked ahead, not consumed: the stream's own order is untouched, so resumed and
   uninterrupted runs agree) and reported to the main process with the batch. The batch keeps
   its shape and label balance, so every rank still takes the same steps.
+- Augmentation runs on the finished batch, in the worker: RawBoost (torch, batched), then
+  codecs and the telephone channel (sccl.codecs, per clip); each has its own seed stream from
+  (seed, epoch, rank, batch), so a batch is the same whichever worker makes it, and resumed.
 - Data errors raised in a worker (ShardDirError, CorruptDataError) travel to the main process
   as a batch holding only "_error", which sccl.data raises there: one clear message instead of
   the DataLoader's wrapped worker traceback.
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sccl import audio
+from sccl import audio, codecs
 from sccl.data_shards import (
     CorruptDataError,
     Item,
@@ -44,7 +47,8 @@ from sccl.data_shards import (
 from sccl.rawboost import RawBoost, RawBoostConfig
 
 _LOOKAHEAD = 64  # stream items tried as replacements for an undecodable sample
-_TAG_SHUFFLE, _TAG_BATCH, _TAG_ROTATE = 11, 13, 17  # keep seed streams of different uses apart
+# Keep the seed streams of different uses apart.
+_TAG_SHUFFLE, _TAG_BATCH, _TAG_ROTATE, _TAG_CODEC = 11, 13, 17, 19
 
 
 @dataclass
@@ -68,6 +72,7 @@ class TrainPlan:
     label_mode: str  # "binary" | "attack"
     attacks: list[str]  # spoof attacks, sorted: attack class k+1
     rawboost: RawBoostConfig | None = None
+    codec: codecs.CodecConfig | None = None  # after RawBoost
     min_samples: int = 1  # fewer real samples in the crop: too short for the encoder, replaced
 
     def slot_batches(self, v: int) -> range:
@@ -217,9 +222,15 @@ def make_batch(plan: TrainPlan, j: int, streams: dict[str, _Stream]) -> dict:
     if plan.rawboost is not None:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         wave = RawBoost(plan.rawboost).apply(wave, mask, gen)
+    failed = []
+    if plan.codec is not None:  # its own stream: batches without it stay as they were
+        crng = np.random.default_rng([plan.seed, plan.epoch, plan.rank, j, _TAG_CODEC])
+        failed = [(rows[i][2], name, why) for i, name, why in
+                  codecs.augment(plan.codec, wave, [r[0] for r in rows], plan.sample_rate, crng)]
     return {"wave": wave, "attention_mask": mask,
             "label": torch.tensor([r[1] for r in rows], dtype=torch.long),
-            "utt_id": [r[2] for r in rows], "_corrupt": corrupt, "_short": short, "_seen": B}
+            "utt_id": [r[2] for r in rows], "_corrupt": corrupt, "_short": short, "_seen": B,
+            "_codec_failed": failed}
 
 
 class TrainBatches(torch.utils.data.IterableDataset):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sccl import audio
+from sccl import audio, codecs
+from sccl.codecs import CodecConfig
 from sccl.config import ConfigError
 from sccl.data import (
     CorruptDataError,
@@ -26,6 +27,7 @@ from sccl.data import (
 from tests.data_fixtures import write_shards
 
 CROP = 0.05  # seconds: 800 samples keep decoding cheap
+CODEC_MIX = CodecConfig(mp3_p=0.3, mulaw_p=0.3, telephone_p=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +182,8 @@ def test_epochs_differ_and_runs_repeat(shard_dirs):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_yields_the_same_batches(shard_dirs, workers):
     # 16 * 1.875 / 4 = 7 steps: workers hold 4 and 3 batches, resuming shifts their roles
-    cfg = _cfg(shard_dirs["split"], num_workers=workers, rawboost=True, spoof_per_bonafide=0.875)
+    cfg = _cfg(shard_dirs["split"], num_workers=workers, rawboost=True, spoof_per_bonafide=0.875,
+               codec=CODEC_MIX)
     full = list(build_train_loader(cfg, rank=1, world_size=2, epoch=2))
     assert len(full) == 7
     for k in (1, 3, len(full) - 1, len(full)):
@@ -322,6 +325,41 @@ def test_rawboost_changes_waves_deterministically(shard_dirs):
     assert _ids(a) == _ids(plain)
     assert _same(a, b)
     assert all(not torch.equal(x["wave"], y["wave"]) for x, y in zip(a, plain, strict=True))
+
+
+def test_codecs_augment_training_batches_only_seeded_after_rawboost(shard_dirs, monkeypatch,
+                                                                      caplog):
+    d = shard_dirs["split"]
+    boost = list(build_train_loader(_cfg(d, rawboost=True), rank=0, world_size=1, epoch=0))
+    only = list(build_train_loader(_cfg(d, codec=CODEC_MIX), rank=0, world_size=1, epoch=0))
+    cfg = _cfg(d, rawboost=True, codec=CODEC_MIX, dev_shards=d)
+    a, b = (list(build_train_loader(cfg, rank=0, world_size=1, epoch=0)) for _ in range(2))
+    assert _ids(a) == _ids(boost) and _same(a, b)
+    rows = [(x["wave"][i], y["wave"][i], z["wave"][i], x["attention_mask"][i])
+            for x, y, z in zip(a, boost, only, strict=True) for i in range(4)]
+    vs_boost = sum(not torch.equal(w, w_boost) for w, w_boost, _, _ in rows) / len(rows)
+    assert 0.5 < vs_boost < 1  # 80 % of rows expected to get a codec or the channel
+    assert any(not torch.equal(w, w_only) for w, _, w_only, _ in rows)  # RawBoost came first
+    assert all((w[~m] == 0).all() and w.abs().max() <= 1 for w, _, _, m in rows)
+    plain_dev = _cfg(d, rawboost=True, dev_shards=d)
+    assert _same(list(build_dev_loader(cfg, rank=0, world_size=1)),
+                 list(build_dev_loader(plain_dev, rank=0, world_size=1)))
+
+    def broken(x, sr, level=0.0):
+        raise RuntimeError("encoder gone")
+    monkeypatch.setitem(codecs._APPLY, "mulaw", broken)
+    loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0)
+    with caplog.at_level("WARNING", logger="sccl.data"):
+        c = list(loader)
+    assert _ids(c) == _ids(a) and loader.codec_failures > 1
+    assert len([r for r in caplog.records if "encoder gone" in r.getMessage()]) == 1
+    # the rows mu-law failed on kept RawBoost only (the telephone channel drawn with it too)
+    assert _rows_equal(c, boost) > _rows_equal(a, boost)
+
+
+def _rows_equal(a, b) -> int:
+    return sum(torch.equal(x["wave"][i], y["wave"][i]) for x, y in zip(a, b, strict=True)
+               for i in range(len(x["wave"])))
 
 
 def test_dev_loader_is_the_same_every_time(shard_dirs):
