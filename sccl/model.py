@@ -23,6 +23,9 @@ data2vec-audio (Data2VecAudioModel). `encoder` is
                       "hubert-large", "wavlm-large", "data2vec-audio-large"; or a reduced-width
                       one for CPU tests and the demo: "tiny" (wav2vec2), "tiny-hubert",
                       "tiny-wavlm", "tiny-data2vec".
+Padding: with the attention mask, a padded wave gives the same z as alone, except with
+data2vec-audio, whose 5 stacked positional convolutions carry the zero padding into the valid
+frames next to it (transformers' model: cosine > 0.9 to the unpadded z, not 1).
 `SupConModel.save_pretrained(dir)` writes the weights and both configs (the encoder's with its
 model_type), so a run directory loads with `SupConModel.from_pretrained(dir)` without the hub.
 
