@@ -194,3 +194,21 @@ def test_full_presets_match_torchaudio_builders():
         for preset, builder in builders.items():
             count = sum(p.numel() for p in getattr(models, builder)().parameters())
             assert count == FULL_COUNTS[preset], preset
+
+
+def test_cached_hub_id_of_another_family_loads_offline(tmp_path, monkeypatch):
+    """A hub id in the local Hugging Face cache: its cached config.json picks the class."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--org--wavlm-tiny" / "snapshots" / ("0" * 40)
+    encoder = family_encoder("wavlm")
+    encoder.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = SupConModel(ModelConfig(encoder="org/wavlm-tiny"))
+    assert type(model.encoder).__name__ == "WavLMModel"
+    theirs = encoder.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.encoder.state_dict().items())
