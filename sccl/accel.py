@@ -28,19 +28,21 @@ def build_accelerator(mixed_precision: str | None = None, grad_accum_steps: int 
     (no DDP: silently unsynchronised weights) unless ACCELERATE_USE_CPU=true happens to be set
     (`use_cpu: true` in a multi-GPU config file does not set it); and a gloo process group,
     without which DeepSpeed starts its own and Accelerate reports world size 1 (docs/design.md).
-    DeepSpeed must not get CPU mode (Accelerate then turns DeepSpeed off). A plain single
-    process gets neither. The scheduler (if any) is stepped by the trainer only after real
-    optimizer steps, once per step whatever the world size."""
+    DeepSpeed and FSDP must not get CPU mode (Accelerate then turns them off); FSDP on CPU is
+    switched on by ``_fsdp_without_cuda``. A plain single process gets neither. The scheduler
+    (if any) is stepped by the trainer only after real optimizer steps, once per step whatever
+    the world size."""
     from accelerate import Accelerator  # here, so that --help does not import it
     from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
     launched = int(os.environ.get("LOCAL_RANK", -1)) != -1  # torchrun / accelerate launch
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    sharded = {name: os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"
+               for name in ("DEEPSPEED", "FSDP")}
     no_cuda = launched and not torch.cuda.is_available()
     project = None if logging_dir is None else ProjectConfiguration(
         project_dir=str(logging_dir), logging_dir=str(logging_dir))
     accelerator = Accelerator(
-        cpu=no_cuda and not deepspeed,
+        cpu=no_cuda and not any(sharded.values()),
         gradient_accumulation_steps=grad_accum_steps,
         mixed_precision=mixed_precision,
         log_with="tensorboard" if tensorboard else None,
@@ -48,17 +50,58 @@ def build_accelerator(mixed_precision: str | None = None, grad_accum_steps: int 
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_cuda else [],
         step_scheduler_with_optimizer=False,
     )
+    if sharded["FSDP"] and no_cuda:
+        _fsdp_without_cuda(accelerator)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        _fsdp_precision(accelerator)
     if dist.get_world_size() > 1 and accelerator.distributed_type == DistributedType.NO:
         raise ConfigError(f"{dist.get_world_size()} processes were launched but Accelerate "
                           "does not distribute them; check the accelerate launch config")
     return accelerator
 
 
-def fill_deepspeed_auto(accelerator, micro_batch: int, grad_clip: float) -> None:
+def _fsdp_without_cuda(accelerator) -> None:
+    """Turn FSDP on for processes launched without CUDA (CPU tests on gloo).
+
+    Accelerate 1.15 enables FSDP only for GPU-like distributed types (``AcceleratorState.
+    __init__``: the ``ACCELERATE_USE_FSDP`` branch sits under ``elif self.distributed_type in
+    [MULTI_GPU, MULTI_MLU, ...]``, which neither MULTI_CPU nor NO is in), so on CPU the
+    launcher's FSDP settings are dropped and every rank would train a full replica without
+    any gradient reduction. torch's FSDP2 itself runs on CPU tensors with gloo: this does what
+    that branch would have done (the plugin from the launcher's FSDP_* variables, the
+    distributed type), on the gloo group Accelerate has already started."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def _fsdp_precision(accelerator) -> None:
+    """bf16 under FSDP2: compute with bf16 parameters (every unit casts its inputs to bf16),
+    but reduce-scatter the gradients in fp32. Accelerate's bf16 policy reduces in bf16, which
+    sums every rank's gradient with an 8-bit mantissa; DDP under autocast reduces fp32
+    gradients. Outputs keep their dtype (an fp32 output_dtype would hand the last layer's
+    fp32 output to the bf16 final layer norm, which CPU refuses); the model returns fp32 z."""
+    if accelerator.mixed_precision != "bf16":
+        return
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def fill_deepspeed_auto(accelerator, micro_batch: int, grad_clip: float, hidden_size: int) -> None:
     """Fill the DeepSpeed config's "auto" values that Accelerate cannot infer from our
-    (non-DataLoader) loader, from the stage config: the per-rank micro batch and gradient
-    clipping (Accelerate would put 1.0 there). Non-"auto" values that disagree are errors:
-    the stage config is the one source of truth. No-op without DeepSpeed."""
+    (non-DataLoader) loader and model (no ``model.config``), from the stage config: the
+    per-rank micro batch, gradient clipping (Accelerate would put 1.0 there) and ZeRO's
+    bucket sizes, which Accelerate derives from the encoder width ``hidden_size`` with the
+    same rule (H*H reduce bucket, 0.9*H*H prefetch bucket, 10*H persistence threshold:
+    ZeRO-3 keeps parameters smaller than that unpartitioned). Non-"auto" values that disagree
+    with the training config are errors: it is the one source of truth. No-op without
+    DeepSpeed."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
@@ -71,6 +114,31 @@ def fill_deepspeed_auto(accelerator, micro_batch: int, grad_clip: float) -> None
         elif float(current) != float(value):
             raise ConfigError(f"DeepSpeed config sets {key}={current} but the training config "
                               f"implies {value}; set it to \"auto\" in the DeepSpeed JSON")
+    zero = ds.get("zero_optimization", {})
+    for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
+                       ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+                       ("stage3_param_persistence_threshold", 10 * hidden_size)):
+        if zero.get(key) == "auto":
+            zero[key] = value
+
+
+def local_shards(model) -> list[torch.Tensor]:
+    """The part of each parameter that this rank holds: the whole parameter under DDP and
+    ZeRO-2, the local shard of a DTensor (FSDP2), the rank's partition under ZeRO-3 (whose
+    ``param`` itself is an empty placeholder outside forward/backward; the partition's
+    padding past the parameter's end is uninitialised memory and left out). Over all ranks
+    the shards of a sharded model cover every element exactly once."""
+    from torch.distributed.tensor import DTensor
+
+    out = []
+    for p in model.parameters():
+        if hasattr(p, "ds_tensor"):
+            part = p.ds_tensor.numel()
+            start = part * dist.get_rank(p.ds_process_group)
+            out.append(p.ds_tensor.narrow(0, 0, max(0, min(part, p.ds_numel - start))))
+        else:
+            out.append(p.to_local() if isinstance(p, DTensor) else p)
+    return out
 
 
 def seed_all(seed: int) -> None:

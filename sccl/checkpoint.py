@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from sccl import dist
+from sccl.accel import local_shards
 from sccl.config import ConfigError
 from sccl.fileio import atomic_write_json, file_sha256
 from sccl.lock import DirLock, LockHeldError
@@ -162,8 +163,9 @@ def write_manifest(ckpt: Path) -> None:
 
 def check_finite_weights(model, device: torch.device, state: TrainerState) -> None:
     """Raise ``NonFiniteLossError`` when any parameter holds NaN/inf on any rank (a finite
-    loss can still produce a diverging update), so no such checkpoint is ever written."""
-    bad = any(not bool(torch.isfinite(p).all()) for p in model.parameters())
+    loss can still produce a diverging update), so no such checkpoint is ever written. Each
+    rank checks the shards it holds (ZeRO-3's parameters are empty placeholders)."""
+    bad = any(not bool(torch.isfinite(p).all()) for p in local_shards(model))
     if dist.all_reduce_sum(torch.tensor([float(bad)], device=device)).item() > 0:
         raise NonFiniteLossError(
             f"the weights hold NaN/inf after optimizer step {state.global_step}; nothing was "
@@ -171,13 +173,17 @@ def check_finite_weights(model, device: torch.device, state: TrainerState) -> No
 
 
 def export_weights(accelerator, model, out: Path, info: dict[str, Any]) -> None:
-    """``save_pretrained`` of the unwrapped model into ``out`` atomically (main process),
-    plus ``info.json`` (epoch, step, dev loss). All ranks must call it."""
+    """``save_pretrained`` of the full weights into ``out`` atomically (main process), plus
+    ``info.json`` (epoch, step, dev loss). All ranks must call it: under ZeRO-3 and FSDP2
+    ``get_state_dict`` gathers every rank's shards into one full state dict on the main
+    process (ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``; the weights come in
+    the dtype they train in, as under ZeRO-2)."""
+    state = accelerator.get_state_dict(model)  # a collective under sharding
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp = out.with_name(f".tmp-{out.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state)
         atomic_write_json(tmp / "info.json", info)
         _replace_dir(tmp, out)
     accelerator.wait_for_everyone()

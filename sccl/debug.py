@@ -1,7 +1,8 @@
 """Stage 1's debug aids, kept out of the training loop, which calls ``after_step`` once per
 optimizer step: ``run.stop_after_steps`` (a preemption that only rank 0 sees) and
-``run.rank_checksums`` (every rank's queue and weight checksums in the log lines; DDP and
-the queue's gather keep them equal, which the distributed tests check)."""
+``run.rank_checksums`` (every rank's queue and weight checksums and parameter element counts
+in the log lines; the queue's gather keeps the queues equal and DDP the weights, and under
+ZeRO-3 / FSDP2 the counts show the sharding, which the distributed tests check)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 
 import torch
 
-from sccl import dist
+from sccl import accel, dist
 from sccl.config import RunConfig
 
 
@@ -27,14 +28,21 @@ def queue_checksum(queue_state: dict | None) -> str:
     return h.hexdigest()[:16]
 
 
-def rank_checksums(queue, model, device: torch.device) -> dict[str, list[str]]:
-    """Every rank's queue hash and weights fingerprint, in rank order (a collective)."""
+def rank_checksums(queue, model, device: torch.device) -> dict[str, list]:
+    """Every rank's queue hash, weights fingerprint (the sum of the parameter elements it
+    holds) and count of those elements, in rank order (a collective). Under DDP and ZeRO-2
+    the fingerprints are equal; under ZeRO-3 and FSDP2 each rank holds a shard, so they add
+    up to the full model's sum and the counts to its size."""
     digest = int(queue_checksum(queue.state_dict())[:13], 16)  # 52 bits: exact in float64
-    weight_sum = sum(float(p.detach().double().sum()) for p in model.parameters())
-    mine = torch.tensor([[float(digest), weight_sum]], dtype=torch.float64, device=device)
-    rows = dist.all_gather_no_grad(mine).tolist()  # (world, 2)
-    return {"queue_checksums": [f"{int(q):013x}" for q, _ in rows],
-            "weight_checksums": [f"{w:.17g}" for _, w in rows]}
+    shards = accel.local_shards(model)
+    weight_sum = sum(float(p.detach().double().sum()) for p in shards)
+    elements = sum(p.numel() for p in shards)
+    mine = torch.tensor([[float(digest), weight_sum, float(elements)]], dtype=torch.float64,
+                        device=device)
+    rows = dist.all_gather_no_grad(mine).tolist()  # (world, 3)
+    return {"queue_checksums": [f"{int(q):013x}" for q, _, _ in rows],
+            "weight_checksums": [f"{w:.17g}" for _, w, _ in rows],
+            "param_elements": [int(n) for _, _, n in rows]}
 
 
 def after_step(run: RunConfig, step_ok: bool, log_now: bool, global_step: int, accelerator,

@@ -26,8 +26,9 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def get_rank(group: Any = None) -> int:
+    """This process's rank in ``group`` (default: the world)."""
+    return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main_process() -> bool:

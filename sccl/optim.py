@@ -39,8 +39,8 @@ class OptimConfig:
     """Max gradient norm over clip_scope's parameters (0 = no clipping)."""
     clip_scope: Literal["head", "all"] = "head"
     """Gradients that grad_clip clips: "head" = the projection head's only (the study),
-    "all" = encoder and head together (the only scope DeepSpeed can do: it clips inside its
-    own step, so "head" is refused there)."""
+    "all" = encoder and head together (the only scope DeepSpeed, ZeRO-2 and ZeRO-3, can do:
+    it clips inside its own step, so "head" is refused there)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step (the remainder of an epoch is dropped)."""
     scheduler: Literal["none", "cosine", "linear"] = "none"
@@ -78,13 +78,17 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, total_steps: int):
 
 def clip_gradients(accelerator, model, cfg: OptimConfig) -> float | None:
     """Clip the gradients of ``cfg.clip_scope`` to norm ``cfg.grad_clip``; their norm before
-    clipping (None without clipping)."""
+    clipping (None without clipping). Under FSDP2 the head's gradients are shards (DTensors):
+    Accelerate's clipping then sums the squared norms over ranks and returns a replicated
+    DTensor, read here as the plain number every rank agrees on."""
     if cfg.grad_clip <= 0:
         return None
     params = (model.parameters() if cfg.clip_scope == "all"
               else accelerator.unwrap_model(model).head.parameters())
     norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-    return None if norm is None else float(norm)
+    if norm is None:
+        return None
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def optimizer_step(accelerator, model, optimizer, scheduler, meter: StepMeter,

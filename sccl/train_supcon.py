@@ -161,6 +161,12 @@ def check_config(cfg: TrainConfig, accelerator) -> int:
         raise ConfigError("optim.clip_scope=head cannot be honoured under DeepSpeed (it clips "
                           "encoder and head together inside its step): set --optim.clip_scope "
                           "all, or --optim.grad_clip 0, or use DDP (launch/multi_gpu.yaml)")
+    if (accelerator.distributed_type == "FSDP" and accelerator.mixed_precision == "fp16"
+            and o.grad_clip > 0 and o.clip_scope == "head"):
+        # Accelerate 1.15 unscales the fp16 gradients twice when FSDP clips a subset of the
+        # parameters (Accelerator.clip_grad_norm_), which the grad scaler refuses mid-run.
+        raise ConfigError("optim.clip_scope=head with fp16 is not supported under FSDP: use "
+                          "--run.mixed_precision bf16, or --optim.clip_scope all")
     cfg.data.check_encoder(cfg.model.receptive_field())  # crops the encoder can frame
     bona, spoof = cfg.data.rank_rows(world)  # each rank batch holds both labels
     if min(bona, spoof) < 2 and not cfg.loss.gather_batch and accelerator.is_main_process:
@@ -197,7 +203,8 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
         groups = model.param_groups(o.encoder_lr, o.head_lr, o.weight_decay,
                                     exclude_norm_bias=o.exclude_norm_bias)
         optimizer, scheduler = build_optimizer(groups, o, n_micro // o.grad_accum_steps * o.epochs)
-        accel.fill_deepspeed_auto(acc, sum(cfg.data.rank_rows(world)), o.grad_clip)
+        accel.fill_deepspeed_auto(acc, sum(cfg.data.rank_rows(world)), o.grad_clip,
+                                  model.encoder.config.hidden_size)
         model, optimizer = acc.prepare(model, optimizer)
         if scheduler is not None:
             acc.register_for_checkpointing(scheduler)
