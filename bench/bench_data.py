@@ -100,10 +100,12 @@ def _tar_webdataset(paths):
                 pass
 
 
-def _pipeline(shard_dir, sr, crop_seconds, batch) -> int:
-    cfg = DataConfig(train_shards=shard_dir, sample_rate=sr, crop_seconds=crop_seconds,
-                     batch_size=batch, num_workers=0, shuffle_buffer=1000, rawboost=False,
-                     train_crop="random")
+def _pipeline(shard_dir, sr, crop_seconds, batch, **data) -> int:
+    """Clips of one epoch through build_train_loader in this process; `data` overrides
+    DataConfig fields (default: no augmentation)."""
+    cfg = DataConfig(**{"train_shards": shard_dir, "sample_rate": sr, "crop_seconds": crop_seconds,
+                        "batch_size": batch, "num_workers": 0, "shuffle_buffer": 1000,
+                        "rawboost": False, "train_crop": "random", **data})
     return sum(b["wave"].shape[0] for b in build_train_loader(cfg, rank=0, world_size=1, epoch=0))
 
 

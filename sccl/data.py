@@ -5,8 +5,8 @@
     for batch in loader:   # len(loader) = steps per epoch, the same on every rank
         wave, mask, label = batch["wave"], batch["attention_mask"], batch["label"]
 
-Epoch (the study's, docs/study.md: all bona fide + an equal random draw of spoof): with n_b bona fide in the
-manifest, an epoch is n_b * (1 + spoof_per_bonafide) samples, i.e.
+Epoch (the study's, docs/study.md: all bona fide + an equal random draw of spoof): with n_b bona
+fide in the manifest, an epoch is n_b * (1 + spoof_per_bonafide) samples, i.e.
     steps = floor(n_b * (1 + spoof_per_bonafide) / (world_size * B)),  B = batch_size // world_size,
 each rank batch holding round(B * bonafide_share) bona fide and the rest spoof. With the
 defaults (share 0.5, 1 spoof per bona fide) an epoch reads every bona fide sample once, except
@@ -288,7 +288,8 @@ def build_train_loader(cfg: DataConfig, *, rank: int, world_size: int, epoch: in
 
 def build_dev_loader(cfg: DataConfig, *, rank: int, world_size: int) -> TrainLoader:
     """Balanced dev batches, identical every epoch: first crop_seconds of each clip, no
-    RawBoost or codec augmentation, the epoch layout of epoch 0. Attack classes follow the training manifest."""
+    RawBoost or codec augmentation, the epoch layout of epoch 0. Attack classes follow the
+    training manifest."""
     if not cfg.dev_shards:
         raise ShardDirError("DataConfig.dev_shards is empty: no development shard directory")
     plan = _balanced_plan(cfg.dev_shards, cfg, rank, world_size, 0, 0, "head", False,
