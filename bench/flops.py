@@ -28,6 +28,11 @@ checkpointing (the hardware then does 4x forward) and slightly over-counts the f
 layer, whose input (the wave) needs no gradient. The SupCon loss (2 * B * (B + |Q|) * P per
 batch) is not part of the model and is reported separately.
 
+Other families: HuBERT has the same counted ops; data2vec-audio's positional embedding is a
+stack of num_conv_pos_embeddings convs of odd kernel conv_pos_kernel_size (each
+2 * F * H * (H / G) * kernel); WavLM adds a gated relative position bias per layer
+(O(F^2 * heads), about 0.2 % at the tiny preset's width), which is not counted.
+
 XLS-R 300M at 16 kHz: 4 s (F = 199) -> 147.4 GFLOP forward per utterance, 10 s (F = 499)
 -> 384.1 GFLOP; tests/test_flops.py checks the formula against
 torch.utils.flop_counter.FlopCounterMode.
@@ -70,7 +75,7 @@ def forward_flops(config: Any, num_samples: int, proj_dim: int) -> dict[str, int
     parts = {
         "conv_encoder": conv,
         "feature_projection": 2 * f * c_in * h,
-        "positional_conv": 2 * (f + 2 * (k // 2) - k + 1) * h * (h // groups) * k,
+        "positional_conv": _positional_flops(c, f, h, h // groups),
         "attention_projections": c.num_hidden_layers * 8 * f * h * h,
         "attention_scores": c.num_hidden_layers * 4 * f * f * h,
         "feed_forward": c.num_hidden_layers * 4 * f * h * inter,
@@ -79,6 +84,17 @@ def forward_flops(config: Any, num_samples: int, proj_dim: int) -> dict[str, int
     parts["total"] = sum(parts.values())
     parts["frames"] = f
     return parts
+
+
+def _positional_flops(c: Any, f: int, h: int, per_group: int) -> int:
+    """The convolutional positional embedding: one grouped conv of kernel
+    num_conv_pos_embeddings (wav2vec2, HuBERT, WavLM; padding k // 2, so an even kernel gives
+    one more output, which is dropped), or data2vec-audio's stack of num_conv_pos_embeddings
+    convs of odd kernel conv_pos_kernel_size (output length f each)."""
+    k = c.num_conv_pos_embeddings
+    if getattr(c, "model_type", "") == "data2vec-audio":
+        return k * 2 * f * h * per_group * c.conv_pos_kernel_size
+    return 2 * (f + 2 * (k // 2) - k + 1) * h * per_group * k
 
 
 def train_flops(config: Any, num_samples: int, proj_dim: int) -> int:

@@ -17,7 +17,7 @@ def _model(monkeypatch, preset: str) -> SupConModel:
     formula). "xlsr-1layer" = the full XLS-R 300M widths with one transformer layer."""
     if preset == "xlsr-1layer":
         kwargs = {**model_module._XLSR_300M, "num_hidden_layers": 1}
-        monkeypatch.setitem(model_module._PRESET_KWARGS, preset, kwargs)
+        monkeypatch.setitem(model_module.PRESETS, preset, model_module.Preset("wav2vec2", kwargs))
     torch.manual_seed(0)
     return SupConModel(ModelConfig(encoder=preset, attn_implementation="eager"))
 
@@ -33,7 +33,8 @@ def _counted(model: SupConModel, batch: int, samples: int, backward: bool) -> di
 
 
 @pytest.mark.parametrize(("preset", "samples"), [("tiny", 8000), ("tiny", 16000),
-                                                 ("xlsr-1layer", 16000)])
+                                                 ("xlsr-1layer", 16000), ("tiny-hubert", 16000),
+                                                 ("tiny-data2vec", 16000)])
 def test_forward_matches_flop_counter(monkeypatch, preset, samples):
     model = _model(monkeypatch, preset)
     counts = _counted(model, 2, samples, backward=False)
