@@ -10,13 +10,15 @@ Each training clip (after RawBoost) is, independently of the others:
    and libsndfile's G.711 mu-law / A-law in WAV. No codec is implemented here.
 
 The "bitrate" knob is libsndfile's compression level in [0, 1] (soundfile's
-`compression_level`; 0 = best quality). What it sets, at 16 kHz mono (libsndfile 1.2.2):
+`compression_level`; 0 = best quality). What it sets at 16 kHz mono, from encoded sizes
+measured with libsndfile 1.2.2 (the formulas fit those measurements):
 - MP3: the constant bitrate, 8 + (1 - level) * 152 kbps snapped by LAME to the MPEG-2 table
   (0.5 -> 80, 0.9 -> 24, 0.95 -> 16 kbps); level 1.0 is refused by libsndfile, so < 1 here;
-- Opus: the target bitrate, 6 + (1 - level) * 250 kbps (0.9 -> 31 kbps);
-- Vorbis: the quality setting (1 - level), about 70 (0.0) to 33 kbps (1.0) for speech;
-- mu-law / A-law: none (8 bits per sample, 128 kbps at 16 kHz).
-bench/bench_codec.py prints the bitrates measured from the encoded sizes.
+- Opus: the target of its variable bitrate, about 6 + (1 - level) * 250 kbps (0.9 -> 31);
+- Vorbis: the quality (1 - level) of its variable bitrate, not a bitrate: 60-70 kbps at level
+  0 and 28-34 kbps at level 1 on noise-like test signals (content-dependent);
+- mu-law / A-law: no knob (8 bits per sample: 128 kbps at 16 kHz).
+bench/bench_codec.py prints the bitrates measured on its clips.
 
 Alignment: libsndfile's decoders remove the codec's delay and end padding (gapless decoding),
 returning exactly the input's samples; LAME at low bitrates (<= 24 kbps at 16 kHz, where it
@@ -76,13 +78,13 @@ class CodecConfig:
     mp3_level_max: float = 0.95
     """Upper end of the MP3 level range, below 1 (0.95 = 16 kbps at 16 kHz)."""
     vorbis_level_min: float = 0.0
-    """Vorbis quality: libsndfile compression level in [min, max] (0 = quality 1.0, about
-    70 kbps for 16 kHz speech)."""
+    """Vorbis quality: libsndfile compression level in [min, max] (0 = quality 1.0, 60-70
+    kbps at 16 kHz on the benchmark's signals; variable bitrate, content-dependent)."""
     vorbis_level_max: float = 1.0
-    """Upper end of the Vorbis level range (1 = quality 0, about 33 kbps at 16 kHz)."""
+    """Upper end of the Vorbis level range (1 = quality 0, 28-34 kbps at 16 kHz)."""
     opus_level_min: float = 0.8
-    """Opus bitrate: libsndfile compression level in [min, max]; kbps = 6 + (1 - level) * 250
-    (0.8 = 56 kbps)."""
+    """Opus bitrate: libsndfile compression level in [min, max]; target kbps about
+    6 + (1 - level) * 250 (0.8 = 56 kbps)."""
     opus_level_max: float = 0.96
     """Upper end of the Opus level range (0.96 = 16 kbps)."""
 
