@@ -457,6 +457,7 @@ def test_processes_from_the_gpu_allocation(work, cluster):
     if not cluster.gpus:
         pytest.skip("no fake GPUs here (mknod not permitted)")
     run_dir = work["root"] / "runs" / "gpu dry run"
+    run_dir.parent.mkdir(exist_ok=True)  # the job's log goes next to it (Slurm makes no dirs)
     env = {**work["env"], "SCCL_LAUNCH_DRYRUN": "1", "SCCL_LAUNCH": "deepspeed3"}
     proc = run(["sbatch", "--wait", "--parsable", "--gpus-per-node=2", "--cpus-per-task=1",
                 f"--output={run_dir}-%j.out", str(SLURM / "stage1.sh"), str(run_dir),
