@@ -117,12 +117,14 @@ def model_states(strategy: str, counts: ParamCounts, world: int,
         return {"weights_fp32": 4 * p, "grads_fp32": 4 * p, "adam_fp32": 8 * p,
                 "ddp_buckets": 4 * p}
     if strategy == "zero2":
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+        with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator there
+            from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
         _, gpu = estimate_zero2_model_states_mem_needs(p, num_gpus_per_node=world,
                                                        cpu_offload=False)
         return {"deepspeed_estimate": gpu}
     if strategy == "zero3":
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+        with contextlib.redirect_stdout(sys.stderr):
+            from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
         _, gpu, _ = estimate_zero3_model_states_mem_needs(
             p, counts.largest_module, num_gpus_per_node=world, cpu_offload=False, zero_init=True)
         return {"deepspeed_estimate": gpu, "gathered_for_reuse": 2 * min(p, int(zero3_reuse // 2))}
@@ -304,14 +306,15 @@ def per_gpu(strategy: str, counts: ParamCounts, world: int, activations: int,
             adam_per_element: float, zero3_reuse: float) -> dict[str, Any]:
     """One cell: model states by part, activations, optimizer-step temporaries, total bytes."""
     states = model_states(strategy, counts, world, zero3_reuse)
-    step = round(adam_per_element * 4 * stepped_elements(strategy, counts, world))
+    step = round(adam_per_element * stepped_elements(strategy, counts, world))
     return {"model_states": states, "activations": activations, "optimizer_step": step,
             "total": step_peak(sum(states.values()), activations, step)}
 
 
 def markdown(rows: list[dict], world: int) -> str:
     """The README table for one world size: GiB per GPU, cells over each device marked."""
-    marks = "".join(f" {'*' * (i + 1)} over {d}." for i, d in enumerate(DEVICES))
+    marks = "".join(f" {'*' * (i + 1)}: over {name} ({cap / GIB:.1f} GiB)."
+                    for i, (name, cap) in enumerate(DEVICES.items()))
     lines = [f"Per-GPU GiB, {world} GPUs, batch {rows[0]['batch_per_gpu']} per GPU, bf16 "
              f"(computed).{marks}", "",
              "| model | crop | act. ckpt | " + " | ".join(LABELS[s] for s in STRATEGIES) + " |",
