@@ -4,7 +4,8 @@ eval: bf16 inference of the Stage 1 model (what scoring runs per trial) over a s
 sweep, host-to-device copy included.
 rawboost: batched RawBoost on the device vs in one CPU worker (one thread, as DataLoader
 workers run), the per-worker decode rate of the pipeline's own crop function on in-memory
-FLAC bytes, and from these how many CPU workers keep the device fed."""
+FLAC bytes, the recommended codec mix (sccl/configs/codec_augmentation.yaml) in one worker,
+and from these how many CPU workers keep the device fed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import contextlib
 import io
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -159,9 +161,28 @@ def _cpu_worker(ctx: Ctx, crop: float) -> dict:
                                         u=float(next(us)))[0] for _ in range(rows)])
         mask = torch.ones_like(wave, dtype=torch.bool)
         boost_s = _median_time(lambda: boost.apply(wave, mask, gen), 3) / rows
+        codec_s = _codec_mix_s(ctx, wave)
     return {"cpu_decode_s_per_sample": decode_s, "cpu_rawboost_s_per_sample": boost_s,
+            "cpu_codec_mix_s_per_sample": codec_s,
             "cpu_worker_samples_per_s_decode": 1 / decode_s,
-            "cpu_worker_samples_per_s_decode_rawboost": 1 / (decode_s + boost_s)}
+            "cpu_worker_samples_per_s_decode_rawboost": 1 / (decode_s + boost_s),
+            "cpu_worker_samples_per_s_decode_rawboost_codecs": 1 / (decode_s + boost_s + codec_s)}
+
+
+def _codec_mix_s(ctx: Ctx, wave: torch.Tensor) -> float:
+    """Seconds per clip of the recommended codec mix in one worker: the mean over enough
+    clips that the mix's draws (30 % of clips coded, Opus the dearest) average out."""
+    from sccl import codecs
+    from sccl.config import from_dict, read_config_file
+
+    path = Path(codecs.__file__).parent / "configs" / "codec_augmentation.yaml"
+    data, _ = read_config_file(path)
+    cfg = from_dict(codecs.CodecConfig, data["data"]["codec"], source=str(path))
+    clips = wave.repeat(32 // len(wave) + 1, 1)[:32]  # 32 clips: every codec drawn about once
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    codecs.augment(cfg, clips.clone(), [clips.shape[1]] * len(clips), ctx.sample_rate, rng)
+    return (time.perf_counter() - start) / len(clips)
 
 
 def workers_needed(train_rate: float | None, row: dict) -> dict:
@@ -173,6 +194,8 @@ def workers_needed(train_rate: float | None, row: dict) -> dict:
     fed = 1 / (1 / train_rate + 1 / row["device_samples_per_s"])
     return {"train_samples_per_s": train_rate,
             "workers_rawboost_in_workers": math.ceil(train_rate * (decode + boost)),
+            "workers_rawboost_codecs_in_workers": math.ceil(
+                train_rate * (decode + boost + row["cpu_codec_mix_s_per_sample"])),
             "workers_rawboost_on_device": math.ceil(fed * decode),
             "train_samples_per_s_with_device_rawboost": fed,
             "workers_no_rawboost": math.ceil(train_rate * decode)}

@@ -157,15 +157,20 @@ def _sections_md(sec: dict) -> list[str]:
 def _feed_md(sec: dict) -> list[str]:
     lines = []
     if _get(sec, "rawboost", "results"):
-        lines += ["### RawBoost and CPU workers", "", "| crop s | device RawBoost samples/s | "
-                  "worker decode samples/s | worker decode+RawBoost samples/s | workers "
-                  "(RawBoost in workers / on device / none) |", "|---|---|---|---|---|"]
+        lines += ["### RawBoost, codecs and CPU workers", "", "| crop s | device RawBoost "
+                  "samples/s | worker decode samples/s | worker decode+RawBoost samples/s | "
+                  "worker decode+RawBoost+codec mix samples/s | workers (RawBoost + codecs in "
+                  "workers / RawBoost in workers / on device / none) |",
+                  "|---|---|---|---|---|---|"]
         for r in sec["rawboost"]["results"]:
             w = "/".join(_fmt(r.get(f"workers_{k}"))
-                         for k in ("rawboost_in_workers", "rawboost_on_device", "no_rawboost"))
+                         for k in ("rawboost_codecs_in_workers", "rawboost_in_workers",
+                                   "rawboost_on_device", "no_rawboost"))
             lines.append(f"| {r['crop_s']:g} | {_fmt(r['device_samples_per_s'])} | "
                          f"{_fmt(r.get('cpu_worker_samples_per_s_decode'))} | "
-                         f"{_fmt(r.get('cpu_worker_samples_per_s_decode_rawboost'))} | {w} |")
+                         f"{_fmt(r.get('cpu_worker_samples_per_s_decode_rawboost'))} | "
+                         f"{_fmt(r.get('cpu_worker_samples_per_s_decode_rawboost_codecs'))} "
+                         f"| {w} |")
         lines.append("")
     if _get(sec, "max_batch", "results"):
         lines += ["### Largest batch that fits (fast setting)", "",

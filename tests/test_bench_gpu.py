@@ -86,7 +86,9 @@ def _check_sections(sec: dict) -> None:
     assert set(sec["eval"]["best"]) == {"0.5", "1.0"}
     for r in sec["rawboost"]["results"]:
         assert r["device_samples_per_s"] > 0 and r["cpu_decode_s_per_sample"] > 0
-        assert r["workers_rawboost_in_workers"] >= r["workers_no_rawboost"] >= 1
+        assert (r["workers_rawboost_codecs_in_workers"] >= r["workers_rawboost_in_workers"]
+                >= r["workers_no_rawboost"] >= 1)
+        assert r["cpu_codec_mix_s_per_sample"] > 0
     for r in sec["max_batch"]["results"].values():
         assert r["largest"] == 8 and r["capped"]  # a CPU never runs out of memory here
     assert sec["profile"]["top"] and 0 < sec["profile"]["top"][0]["share"] <= 1
@@ -137,9 +139,10 @@ def test_peak_table():
 
 def test_workers_needed():
     row = {"cpu_decode_s_per_sample": 0.002, "cpu_rawboost_s_per_sample": 0.010,
-           "device_samples_per_s": 10_000.0}
+           "cpu_codec_mix_s_per_sample": 0.0075, "device_samples_per_s": 10_000.0}
     w = workers_needed(1000.0, row)
     assert w["workers_rawboost_in_workers"] == 12 and w["workers_no_rawboost"] == 2
+    assert w["workers_rawboost_codecs_in_workers"] == 20  # ceil(1000 x 19.5 ms)
     assert w["train_samples_per_s_with_device_rawboost"] == pytest.approx(1000 / 1.1)
     assert w["workers_rawboost_on_device"] == 2
     assert "workers_note" in workers_needed(None, row)
