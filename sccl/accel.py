@@ -100,8 +100,8 @@ def fill_deepspeed_auto(accelerator, micro_batch: int, grad_clip: float, hidden_
     bucket sizes, which Accelerate derives from the encoder width ``hidden_size`` with the
     same rule (H*H reduce bucket, 0.9*H*H prefetch bucket, 10*H persistence threshold:
     ZeRO-3 keeps parameters smaller than that unpartitioned). Non-"auto" values that disagree
-    with the training config are errors: it is the one source of truth. No-op without
-    DeepSpeed."""
+    with the training config are errors: it is the one source of truth; so is a ZeRO-3 config
+    that cannot gather the full weights for best/ and last/. No-op without DeepSpeed."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
@@ -115,6 +115,10 @@ def fill_deepspeed_auto(accelerator, micro_batch: int, grad_clip: float, hidden_
             raise ConfigError(f"DeepSpeed config sets {key}={current} but the training config "
                               f"implies {value}; set it to \"auto\" in the DeepSpeed JSON")
     zero = ds.get("zero_optimization", {})
+    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise ConfigError("DeepSpeed config: ZeRO-3 needs zero_optimization."
+                          "stage3_gather_16bit_weights_on_model_save true (best/ and last/ are "
+                          "the full weights, gathered from every rank's partition on export)")
     for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
                        ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
                        ("stage3_param_persistence_threshold", 10 * hidden_size)):

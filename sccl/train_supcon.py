@@ -9,7 +9,9 @@ Reads balanced batches of LA19 train shards (sccl/data.py), trains with cosine o
 SupCon and an optional warm-started global queue, evaluates the balanced dev SupCon loss
 after every epoch and stops early on it. Writes ``<run>/stage1`` (layout in
 sccl/logs.py): config.yaml, log.jsonl, tb/, checkpoints/step-N (resumable), best/ and
-last/ (``SupConModel.save_pretrained``; Stage 2 reads best/).
+last/ (``SupConModel.save_pretrained`` of the full weights, gathered from every rank's shards
+under ZeRO-3 and FSDP2; Stage 2 reads best/). Launch configs (DDP, ZeRO-2, ZeRO-3, FSDP2):
+launch/README.md.
 
 Resume: rerun the same command (``--run.resume auto``, the default; a damaged newest
 checkpoint is skipped with a warning). SIGTERM, SIGINT or SIGUSR1 (to the launcher, or to every

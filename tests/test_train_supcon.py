@@ -356,3 +356,27 @@ def test_train_supcon_runs_as_a_file():
                          text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--loss.queue_size int (default 0)" in out.stdout
+
+
+@pytest.mark.parametrize(("kind", "precision", "scope", "refused"), [
+    ("DEEPSPEED", "no", "head", "cannot be honoured under DeepSpeed"),  # ZeRO-2 and ZeRO-3
+    ("FSDP", "fp16", "head", "not supported under FSDP"),
+    ("FSDP", "bf16", "head", None),  # FSDP2 clips the head's gradient shards
+    ("FSDP", "fp16", "all", None),
+])
+def test_check_config_refuses_what_a_strategy_cannot_do(corpus, tmp_path, kind, precision, scope,
+                                                        refused):
+    from types import SimpleNamespace
+
+    from sccl.config import ConfigError
+    from sccl.train_supcon import check_config
+
+    cfg = parse_config(TrainConfig, ["--config", tiny_config(tmp_path, corpus),
+                                     "--optim.clip_scope", scope])
+    acc = SimpleNamespace(distributed_type=kind, mixed_precision=precision, num_processes=2,
+                          process_index=0, is_main_process=True)
+    if refused is None:
+        assert check_config(cfg, acc) == 2  # batches per epoch
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            check_config(cfg, acc)
