@@ -11,20 +11,24 @@ the optimizer moments, the dropout RNG or the queue produces (measured under DDP
 each in turn: the final weights move by 5e-3, 3e-3 and 4e-3), so the one resumed run per
 strategy also checks that resuming is exact (measured: equal to the uninterrupted sharded
 run to the last bit under both).
-Runs reuse the helpers of tests/test_train_supcon.py."""
+Runs reuse the helpers of tests/test_train_supcon.py. tests/dist_scripts/dist_sharded_check.py
+checks the pieces on a prepared model against a full replica in each process."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
 from sccl.model import SupConModel
 from tests.test_train_supcon import (
+    REPO,
     check_ok,
     command,
     corpus,  # noqa: F401  (session fixture)
+    free_port,
     log_lines,
     run,
     tiny_config,
@@ -33,6 +37,26 @@ from tests.test_train_supcon import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 ATOL = 1e-5
+LAUNCHES = [pytest.param("deepspeed_zero3.yaml", id="zero3"), pytest.param("fsdp.yaml", id="fsdp2")]
+
+
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_sharded_model_pieces_on_two_processes(tmp_path, launch):
+    if launch.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    proc = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "launch" / launch), "--main_process_port", free_port(),
+                str(REPO / "tests" / "dist_scripts" / "dist_sharded_check.py"), str(tmp_path)])
+    check_ok(proc)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    total = ranks[0]["total"]
+    assert sum(r["held"] for r in ranks) == total  # the shards cover the model once
+    assert all(0.45 * total < r["held"] < 0.55 * total for r in ranks), ranks
+    assert ranks[0]["export_equal"]  # the gathered full state dict is the replica's
+    assert all(r["nan_found"] for r in ranks)  # a NaN in one shard of rank 1 stops every rank
+    if launch == "fsdp.yaml":  # head-only clipping of DTensor gradient shards
+        for r in ranks:
+            assert r["head_norm"] == pytest.approx(r["head_norm_replica"], rel=1e-5)
 
 
 @pytest.fixture(scope="module")
