@@ -130,8 +130,10 @@ def local_shards(model) -> list[torch.Tensor]:
     """The part of each parameter that this rank holds: the whole parameter under DDP and
     ZeRO-2, the local shard of a DTensor (FSDP2), the rank's partition under ZeRO-3 (whose
     ``param`` itself is an empty placeholder outside forward/backward; the partition's
-    padding past the parameter's end is uninitialised memory and left out). Over all ranks
-    the shards of a sharded model cover every element exactly once."""
+    padding past the parameter's end is uninitialised memory and left out; parameters below
+    ZeRO-3's persistence threshold are also kept whole on every rank, 4 % of the tiny
+    preset's elements). Over all ranks the shards of a sharded model cover every element
+    exactly once."""
     from torch.distributed.tensor import DTensor
 
     out = []
