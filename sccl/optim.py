@@ -39,8 +39,8 @@ class OptimConfig:
     """Max gradient norm over clip_scope's parameters (0 = no clipping)."""
     clip_scope: Literal["head", "all"] = "head"
     """Gradients that grad_clip clips: "head" = the projection head's only (the study),
-    "all" = encoder and head together (the only scope DeepSpeed, ZeRO-2 and ZeRO-3, can do:
-    it clips inside its own step, so "head" is refused there)."""
+    "all" = encoder and head together (the only scope DeepSpeed can do, ZeRO-2 and ZeRO-3
+    alike: it clips inside its own step, so "head" is refused there; FSDP2 does both)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step (the remainder of an epoch is dropped)."""
     scheduler: Literal["none", "cosine", "linear"] = "none"

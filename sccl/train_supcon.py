@@ -157,12 +157,14 @@ def check_config(cfg: TrainConfig, accelerator) -> int:
         # DeepSpeed steps inside backward() on the last micro-batch and owns the gradient
         # buffers, so a NaN/inf micro-batch could not be dropped from its window.
         raise ConfigError("optim.grad_accum_steps > 1 is not supported under DeepSpeed: "
-                          "raise data.batch_size or use DDP (launch/multi_gpu.yaml)")
+                          "raise data.batch_size, or use DDP (launch/multi_gpu.yaml) or FSDP2 "
+                          "(launch/fsdp.yaml)")
     if deepspeed and o.grad_clip > 0 and o.clip_scope == "head":
         # DeepSpeed clips every gradient inside its step, which backward() already took.
         raise ConfigError("optim.clip_scope=head cannot be honoured under DeepSpeed (it clips "
                           "encoder and head together inside its step): set --optim.clip_scope "
-                          "all, or --optim.grad_clip 0, or use DDP (launch/multi_gpu.yaml)")
+                          "all, or --optim.grad_clip 0, or use DDP (launch/multi_gpu.yaml) or FSDP2 "
+                          "(launch/fsdp.yaml)")
     if (accelerator.distributed_type == "FSDP" and accelerator.mixed_precision == "fp16"
             and o.grad_clip > 0 and o.clip_scope == "head"):
         # Accelerate 1.15 unscales the fp16 gradients twice when FSDP clips a subset of the
