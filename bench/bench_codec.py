@@ -1,4 +1,4 @@
-"""Benchmark of codec and channel augmentation (sccl.codecs) on one core (a benchmark, not a test).
+"""Benchmark of codec and channel augmentation (sccl.codec_aug) on one core (a benchmark, not a test).
 
     python bench/bench_codec.py [--clips 400] [--cost-clips 20] [--seconds 4] [--shards DIR]
 
@@ -30,19 +30,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_data import _all_audio, _best_rates, _pipeline, _raw, _synthetic  # noqa: E402
-from sccl import audio, codecs  # noqa: E402
+from sccl import audio, codec_aug  # noqa: E402
 from sccl.config import from_dict, read_config_file  # noqa: E402
 from sccl.rawboost import RawBoost, RawBoostConfig  # noqa: E402
 
-MIX_FILE = Path(codecs.__file__).parent / "configs" / "codec_augmentation.yaml"
+MIX_FILE = Path(codec_aug.__file__).parent / "configs" / "codec_augmentation.yaml"
 # (name, function of a clip, libsndfile format/subtype/options for the bitrate, or None)
 _LOSSY = {"mp3": ("MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT"}),
           "vorbis": ("OGG", "VORBIS", {}), "opus": ("OGG", "OPUS", {})}
 
 
-def _recommended_mix() -> codecs.CodecConfig:
+def _recommended_mix() -> codec_aug.CodecConfig:
     data, _ = read_config_file(MIX_FILE)
-    return from_dict(codecs.CodecConfig, data["data"]["codec"], source=str(MIX_FILE))
+    return from_dict(codec_aug.CodecConfig, data["data"]["codec"], source=str(MIX_FILE))
 
 
 def _kbps(clip: np.ndarray, sr: int, codec: str, level: float) -> float:
@@ -52,20 +52,20 @@ def _kbps(clip: np.ndarray, sr: int, codec: str, level: float) -> float:
     return buf.tell() * 8 / (len(clip) / sr) / 1000
 
 
-def _cost_jobs(clips: list[np.ndarray], sr: int, mix: codecs.CodecConfig):
+def _cost_jobs(clips: list[np.ndarray], sr: int, mix: codec_aug.CodecConfig):
     """(name, clips, fn, kbps) for every augmentation at the ends of its level range."""
     jobs = []
     for codec in _LOSSY:
         for level in (getattr(mix, f"{codec}_level_min"), getattr(mix, f"{codec}_level_max")):
-            fn = getattr(codecs, codec)
+            fn = getattr(codec_aug, codec)
             jobs.append((f"{codec}, level {level:g}", lambda f=fn, lv=level: [
                 f(c, sr, lv) for c in clips], np.mean([_kbps(c, sr, codec, level) for c in clips])))
     for codec in ("mulaw", "alaw"):
-        fn = getattr(codecs, codec)
+        fn = getattr(codec_aug, codec)
         jobs.append((codec, lambda f=fn: [f(c, sr) for c in clips], 8 * sr / 1000))
     for bandpass in (True, False):
         jobs.append((f"telephone, band-pass {'on' if bandpass else 'off'}",
-                     lambda b=bandpass: [codecs.telephone(c, sr, b) for c in clips], None))
+                     lambda b=bandpass: [codec_aug.telephone(c, sr, b) for c in clips], None))
     rb, gen = RawBoost(RawBoostConfig(p=1.0, sample_rate=sr)), torch.Generator().manual_seed(0)
     batch = torch.from_numpy(np.stack(clips))
     jobs.append(("RawBoost p = 1 (reference; batched)", lambda: rb.apply(batch, None, gen), None))

@@ -172,16 +172,16 @@ def _cpu_worker(ctx: Ctx, crop: float) -> dict:
 def _codec_mix_s(ctx: Ctx, wave: torch.Tensor) -> float:
     """Seconds per clip of the recommended codec mix in one worker: the mean over enough
     clips that the mix's draws (30 % of clips coded, Opus the dearest) average out."""
-    from sccl import codecs
+    from sccl import codec_aug
     from sccl.config import from_dict, read_config_file
 
-    path = Path(codecs.__file__).parent / "configs" / "codec_augmentation.yaml"
+    path = Path(codec_aug.__file__).parent / "configs" / "codec_augmentation.yaml"
     data, _ = read_config_file(path)
-    cfg = from_dict(codecs.CodecConfig, data["data"]["codec"], source=str(path))
+    cfg = from_dict(codec_aug.CodecConfig, data["data"]["codec"], source=str(path))
     clips = wave.repeat(32 // len(wave) + 1, 1)[:32]  # 32 clips: every codec drawn about once
     rng = np.random.default_rng(0)
     start = time.perf_counter()
-    codecs.augment(cfg, clips.clone(), [clips.shape[1]] * len(clips), ctx.sample_rate, rng)
+    codec_aug.augment(cfg, clips.clone(), [clips.shape[1]] * len(clips), ctx.sample_rate, rng)
     return (time.perf_counter() - start) / len(clips)
 
 

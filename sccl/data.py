@@ -33,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from sccl.codecs import CodecConfig
+from sccl.codec_aug import CodecConfig
 from sccl.config import ConfigError
 from sccl.data_eval import EvalBatches, EvalPlan, padding_batch
 from sccl.data_shards import CorruptDataError, ShardDirError, load_shard_set
@@ -77,7 +77,7 @@ class DataConfig:
     rawboost_p: float = 0.7
     """Probability that a training utterance is augmented by RawBoost."""
     codec: CodecConfig = field(default_factory=CodecConfig)
-    """Codec and telephone-channel augmentation of training clips after RawBoost (sccl.codecs;
+    """Codec and telephone-channel augmentation of training clips after RawBoost (sccl.codec_aug;
     off by default: the study uses RawBoost only)."""
     spoof_per_bonafide: float = 1.0
     """Epoch = all bona fide + this many times as many spoof (sets the steps per epoch)."""

@@ -20,7 +20,7 @@ Layout of one epoch (planned from manifest counts only, identical on every rank)
   uninterrupted runs agree) and reported to the main process with the batch. The batch keeps
   its shape and label balance, so every rank still takes the same steps.
 - Augmentation runs on the finished batch, in the worker: RawBoost (torch, batched), then
-  codecs and the telephone channel (sccl.codecs, per clip); each has its own seed stream from
+  codecs and the telephone channel (sccl.codec_aug, per clip); each has its own seed stream from
   (seed, epoch, rank, batch), so a batch is the same whichever worker makes it, and resumed.
 - Data errors raised in a worker (ShardDirError, CorruptDataError) travel to the main process
   as a batch holding only "_error", which sccl.data raises there: one clear message instead of
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sccl import audio, codecs
+from sccl import audio, codec_aug
 from sccl.data_shards import (
     CorruptDataError,
     Item,
@@ -72,7 +72,7 @@ class TrainPlan:
     label_mode: str  # "binary" | "attack"
     attacks: list[str]  # spoof attacks, sorted: attack class k+1
     rawboost: RawBoostConfig | None = None
-    codec: codecs.CodecConfig | None = None  # after RawBoost
+    codec: codec_aug.CodecConfig | None = None  # after RawBoost
     min_samples: int = 1  # fewer real samples in the crop: too short for the encoder, replaced
 
     def slot_batches(self, v: int) -> range:
@@ -226,7 +226,7 @@ def make_batch(plan: TrainPlan, j: int, streams: dict[str, _Stream]) -> dict:
     if plan.codec is not None:  # its own stream: batches without it stay as they were
         crng = np.random.default_rng([plan.seed, plan.epoch, plan.rank, j, _TAG_CODEC])
         failed = [(rows[i][2], name, why) for i, name, why in
-                  codecs.augment(plan.codec, wave, [r[0] for r in rows], plan.sample_rate, crng)]
+                  codec_aug.augment(plan.codec, wave, [r[0] for r in rows], plan.sample_rate, crng)]
     return {"wave": wave, "attention_mask": mask,
             "label": torch.tensor([r[1] for r in rows], dtype=torch.long),
             "utt_id": [r[2] for r in rows], "_corrupt": corrupt, "_short": short, "_seen": B,

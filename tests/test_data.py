@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sccl import audio, codecs
-from sccl.codecs import CodecConfig
+from sccl import audio, codec_aug
+from sccl.codec_aug import CodecConfig
 from sccl.config import ConfigError
 from sccl.data import (
     CorruptDataError,
@@ -347,7 +347,7 @@ def test_codecs_augment_training_batches_only_seeded_after_rawboost(shard_dirs, 
 
     def broken(x, sr, level=0.0):
         raise RuntimeError("encoder gone")
-    monkeypatch.setitem(codecs._APPLY, "mulaw", broken)
+    monkeypatch.setitem(codec_aug._APPLY, "mulaw", broken)
     loader = build_train_loader(cfg, rank=0, world_size=1, epoch=0)
     with caplog.at_level("WARNING", logger="sccl.data"):
         c = list(loader)

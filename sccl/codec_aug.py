@@ -24,7 +24,7 @@ Alignment: libsndfile's decoders remove the codec's delay and end padding (gaple
 returning exactly the input's samples; LAME at low bitrates (<= 24 kbps at 16 kHz, where it
 resamples internally) returns them with its delay and padding. The delay is then found by
 cross-correlation with the input over the possible lags (0 .. extra samples) and cut, so the
-output always has the input's length and timing (tests/test_codecs.py checks both cases).
+output always has the input's length and timing (tests/test_codec_aug.py checks both cases).
 
 Output: float32, clipped to [-1, 1] (codecs carry full-scale audio); zero padding after a
 clip's real samples stays zero. A clip a codec fails on passes through unaugmented and is
@@ -52,7 +52,7 @@ CODECS = ("mp3", "vorbis", "opus", "mulaw", "alaw")
 
 @dataclass
 class CodecConfig:
-    """Codec and channel augmentation of training clips (sccl.codecs); every probability 0 by
+    """Codec and channel augmentation of training clips (sccl.codec_aug); every probability 0 by
     default: the study trains with RawBoost only."""
 
     mp3_p: float = 0.0

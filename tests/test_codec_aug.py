@@ -1,4 +1,4 @@
-"""sccl.codecs: real codecs change the signal as they should, stay aligned, seeded, configurable."""
+"""sccl.codec_aug: real codecs change the signal as they should, stay aligned, seeded, configurable."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy.signal import correlate, lfilter
 
-from sccl import codecs
-from sccl.codecs import CodecConfig, augment
+from sccl import codec_aug
+from sccl.codec_aug import CodecConfig, augment
 from sccl.config import ConfigError, field_docs, parse_config
 
 SR = 16000
@@ -40,7 +40,7 @@ def _lag_and_corr(y: np.ndarray, x: np.ndarray, span: int = 2000) -> tuple[int, 
                                               ("vorbis", 1.0), ("opus", 0.8), ("opus", 0.96)])
 def test_lossy_codecs_change_the_signal_and_keep_length_and_timing(codec, level):
     x = _speech_like()
-    y = getattr(codecs, codec)(x, SR, level)
+    y = getattr(codec_aug, codec)(x, SR, level)
     assert y.dtype == np.float32 and y.shape == x.shape
     lag, corr = _lag_and_corr(y, x)
     assert lag == 0 and corr > 0.9  # aligned with the input ...
@@ -51,10 +51,10 @@ def test_mp3_delay_is_found_and_cut():
     # At 16 kbps LAME resamples internally and libsndfile returns its delay and padding too:
     # without the cross-correlation step the output would lag the input by ~1100 samples.
     x = _speech_like()
-    raw = codecs._round_trip(x, SR, "MP3", "MPEG_LAYER_III", compression_level=0.95,
+    raw = codec_aug._round_trip(x, SR, "MP3", "MPEG_LAYER_III", compression_level=0.95,
                              bitrate_mode="CONSTANT")
     assert len(raw) > len(x) and _lag_and_corr(raw[: len(x)], x)[0] > 500
-    assert _lag_and_corr(codecs.mp3(x, SR, 0.95), x)[0] == 0
+    assert _lag_and_corr(codec_aug.mp3(x, SR, 0.95), x)[0] == 0
 
 
 def test_bitrate_follows_the_level():
@@ -63,20 +63,20 @@ def test_bitrate_follows_the_level():
                             ("OGG", "VORBIS", {}), ("OGG", "OPUS", {})):
         sizes = []
         for level in (0.2, 0.6, 0.95):
-            buf = codecs.io.BytesIO()
-            codecs.sf.write(buf, x, SR, format=fmt, subtype=sub, compression_level=level, **extra)
+            buf = codec_aug.io.BytesIO()
+            codec_aug.sf.write(buf, x, SR, format=fmt, subtype=sub, compression_level=level, **extra)
             sizes.append(buf.tell())
         assert sizes[0] > sizes[1] > sizes[2], (sub, sizes)
 
 
 def test_g711_quantisation_error_is_bounded():
     x = _speech_like()
-    for fn in (codecs.mulaw, codecs.alaw):
+    for fn in (codec_aug.mulaw, codec_aug.alaw):
         y = fn(x, SR)
         err = np.abs(y - x)
         # 8-bit logarithmic companding: within ~3 % of the value, plus the finest step near 0
         assert (err <= 0.035 * np.abs(x) + 5e-4).all() and err.max() > 1e-4
-    assert not np.array_equal(codecs.mulaw(x, SR), codecs.alaw(x, SR))
+    assert not np.array_equal(codec_aug.mulaw(x, SR), codec_aug.alaw(x, SR))
 
 
 def _band_energy(x: np.ndarray, lo: float, hi: float) -> float:
@@ -88,14 +88,14 @@ def _band_energy(x: np.ndarray, lo: float, hi: float) -> float:
 def test_telephone_keeps_the_phone_band_only():
     white = np.random.default_rng(1).uniform(-0.5, 0.5, SR).astype(np.float32)
     assert _band_energy(white, 4000, 8000) > 0.4
-    narrow = codecs.telephone(white, SR, bandpass=False)
-    band = codecs.telephone(white, SR, bandpass=True)
+    narrow = codec_aug.telephone(white, SR, bandpass=False)
+    band = codec_aug.telephone(white, SR, bandpass=True)
     assert narrow.shape == band.shape == white.shape and band.dtype == np.float32
     # half the input's energy lay above 4 kHz; resample_poly's filter rolls off by 4.5 kHz
     assert _band_energy(narrow, 4500, 8000) < 1e-4 and _band_energy(band, 4000, 8000) < 1e-5
     assert _band_energy(band, 0, 200) < 0.01 * _band_energy(narrow, 0, 200)  # the 300 Hz edge
     tone = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(SR) / SR)).astype(np.float32)
-    lag, corr = _lag_and_corr(codecs.telephone(tone, SR), tone, span=4)
+    lag, corr = _lag_and_corr(codec_aug.telephone(tone, SR), tone, span=4)
     assert lag == 0 and corr > 0.99  # in-band audio passes, in time
 
 
@@ -166,7 +166,7 @@ def test_bad_values_are_one_line_errors_naming_the_key(tmp_path):
 def test_example_mix_config_loads():
     from sccl.train_supcon import TrainConfig
 
-    path = Path(codecs.__file__).parent / "configs" / "codec_augmentation.yaml"
+    path = Path(codec_aug.__file__).parent / "configs" / "codec_augmentation.yaml"
     cfg = parse_config(TrainConfig, ["--config", str(path), "--data.train_shards", "x"])
     c = cfg.data.codec
     assert c.enabled and 0 < sum(c.codec_p) <= 1 and cfg.data.rawboost
