@@ -472,8 +472,10 @@ class RunConfig:
     """Debug: rank 0 sends itself SIGTERM after this optimizer step, as a preemption would
     (0 = off). Used by the resume tests."""
     rank_checksums: bool = False
-    """Debug: log checksums of every rank's queue and weights with each log line (DDP and the
-    queue's gather keep them equal on all ranks; the distributed tests check it)."""
+    """Debug: log every rank's queue checksum, weights checksum (the sum of the parameter
+    elements it holds) and count of those elements with each log line (the queue's gather
+    keeps the queues equal, DDP the weights; under ZeRO-3 / FSDP2 the counts show the
+    sharding; the distributed tests check it)."""
 
     def __post_init__(self) -> None:
         if self.log_every < 1 or self.keep_checkpoints < 1 or self.max_consecutive_nonfinite < 1:
