@@ -132,8 +132,8 @@ def local_shards(model) -> list[torch.Tensor]:
     ``param`` itself is an empty placeholder outside forward/backward; the partition's
     padding past the parameter's end is uninitialised memory and left out; parameters below
     ZeRO-3's persistence threshold are also kept whole on every rank, 4 % of the tiny
-    preset's elements). Over all ranks the shards of a sharded model cover every element
-    exactly once."""
+    preset's elements). Over all ranks the shards of a sharded model cover every element,
+    each once apart from those persistent ZeRO-3 parameters."""
     from torch.distributed.tensor import DTensor
 
     out = []
