@@ -1,4 +1,5 @@
-"""Benchmark of codec and channel augmentation (sccl.codec_aug) on one core (a benchmark, not a test).
+"""Benchmark of codec and channel augmentation (sccl.codec_aug) on one core (a benchmark, not
+a test).
 
     python bench/bench_codec.py [--clips 400] [--cost-clips 20] [--seconds 4] [--shards DIR]
 
@@ -40,7 +41,8 @@ _LOSSY = {"mp3": ("MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT"}),
           "vorbis": ("OGG", "VORBIS", {}), "opus": ("OGG", "OPUS", {})}
 
 
-def _recommended_mix() -> codec_aug.CodecConfig:
+def recommended_mix() -> codec_aug.CodecConfig:
+    """The codec section of sccl/configs/codec_augmentation.yaml (bench/gpu_data.py uses it too)."""
     data, _ = read_config_file(MIX_FILE)
     return from_dict(codec_aug.CodecConfig, data["data"]["codec"], source=str(MIX_FILE))
 
@@ -91,7 +93,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)  # per-core figures
     sr, length, mix = args.sample_rate, round(args.crop_seconds * args.sample_rate), \
-        _recommended_mix()
+        recommended_mix()
     with tempfile.TemporaryDirectory() as tmp:
         shard_dir = args.shards or _synthetic(Path(tmp), args.clips, args.seconds)[0]
         blobs = _all_audio(shard_dir)

@@ -212,9 +212,9 @@ def build_meta(args: argparse.Namespace, ctx: Ctx, peak: tuple) -> dict:
     import transformers
 
     name, label = device_label(ctx.device)
-    keep = ("preset", "big_preset", "big_batch", "crops", "batch", "budget", "sections", "boxes", "queue_sizes",
-            "eval_batches", "max_batch_cap", "compile_backend", "compile_mode", "deepspeed_cpu",
-            "smoke", "note")
+    keep = ("preset", "big_preset", "big_batch", "crops", "batch", "budget", "sections", "boxes",
+            "queue_sizes", "eval_batches", "max_batch_cap", "compile_backend", "compile_mode",
+            "deepspeed_cpu", "smoke", "note")
     return {
         "device_type": ctx.device.type, "device_name": name, "device_label": label,
         "peak_tflops": peak[0], "peak_source": peak[1],

@@ -44,7 +44,9 @@ from bench.gpu_step import (
     to_device,
 )
 from bench.gpu_train import best_row, guarded, rate
+from sccl.accel import zero_bucket_sizes
 from sccl.losses import supcon_loss
+from sccl.model import encoder_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,11 +75,15 @@ def _init_single_process(ctx: Ctx, deepspeed_init: bool = True) -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
-def zero2_config(batch: int, name: str = "ds_zero2.json") -> dict:
-    """launch/<name> (what training runs with) with its "auto" values filled in as
-    Accelerate would for one process: micro batch = batch, no accumulation, clip 5.0, bf16."""
+def zero2_config(batch: int, name: str = "ds_zero2.json", hidden_size: int = 1024) -> dict:
+    """launch/<name> (what training runs with) with its "auto" values filled in as Stage 1
+    does for one process: micro batch = batch, no accumulation, clip 5.0, bf16, and ZeRO's
+    bucket sizes from the encoder width (sccl.accel.zero_bucket_sizes)."""
     config = json.loads((REPO / "launch" / name).read_text())
-    config = {k: v for k, v in config.items() if not k.startswith("_")}  # comment keys
+    zero = config.get("zero_optimization", {})
+    for key, value in zero_bucket_sizes(hidden_size).items():
+        if zero.get(key) == "auto":
+            zero[key] = value
     config.update(train_micro_batch_size_per_gpu=batch, train_batch_size=batch,
                   gradient_accumulation_steps=1, gradient_clipping=5.0)
     config["bf16"] = {"enabled": True}
@@ -100,7 +106,8 @@ def zero2_builder(ctx: Ctx, s: Setting):
     model = build_model(ctx, s)
     optimizer = build_optimizer(model, fused=False)  # ZeRO steps one flat fp32 partition
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                      config=zero2_config(s.batch, _DS_JSON[s.name.split()[0]]))
+                                      config=zero2_config(s.batch, _DS_JSON[s.name.split()[0]],
+                                                          model.encoder.config.hidden_size))
     host = host_batch(ctx, s.batch, s.crop_s)
 
     def step() -> float:
@@ -166,7 +173,8 @@ def section_sharded(ctx: Ctx, args, done: dict) -> dict:
                 row["speed_vs_plain"] = rate(row) / rate(plain)
     return {"preset": args.big_preset, "crop_s": crop, "batch": args.big_batch,
             "parameters": _parameter_count(args.big_preset), "deepspeed": ds, "results": rows,
-            "zero3_config": zero2_config(args.big_batch, "ds_zero3.json") if ds else None}
+            "zero3_config": zero2_config(args.big_batch, "ds_zero3.json",
+                                         encoder_config(args.big_preset).hidden_size) if ds else None}
 
 
 def _parameter_count(preset: str) -> int:

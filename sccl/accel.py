@@ -119,11 +119,17 @@ def fill_deepspeed_auto(accelerator, micro_batch: int, grad_clip: float, hidden_
         raise ConfigError("DeepSpeed config: ZeRO-3 needs zero_optimization."
                           "stage3_gather_16bit_weights_on_model_save true (best/ and last/ are "
                           "the full weights, gathered from every rank's partition on export)")
-    for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
-                       ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
-                       ("stage3_param_persistence_threshold", 10 * hidden_size)):
+    for key, value in zero_bucket_sizes(hidden_size).items():
         if zero.get(key) == "auto":
             zero[key] = value
+
+
+def zero_bucket_sizes(hidden_size: int) -> dict[str, int]:
+    """ZeRO's "auto" bucket sizes for an encoder of width ``hidden_size``, by Accelerate's rule
+    (it cannot apply it itself: SupConModel has no ``config.hidden_size``)."""
+    return {"reduce_bucket_size": hidden_size * hidden_size,
+            "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+            "stage3_param_persistence_threshold": 10 * hidden_size}
 
 
 def local_shards(model) -> list[torch.Tensor]:
@@ -132,8 +138,8 @@ def local_shards(model) -> list[torch.Tensor]:
     ``param`` itself is an empty placeholder outside forward/backward; the partition's
     padding past the parameter's end is uninitialised memory and left out; parameters below
     ZeRO-3's persistence threshold are also kept whole on every rank, 4 % of the tiny
-    preset's elements). Over all ranks the shards of a sharded model cover every element,
-    each once apart from those persistent ZeRO-3 parameters."""
+    preset's elements, yet each has a partition, which is what this returns). Over all ranks
+    the shards of a sharded model cover every element exactly once."""
     from torch.distributed.tensor import DTensor
 
     out = []

@@ -110,12 +110,26 @@ class CodecConfig:
     def enabled(self) -> bool:
         return self.telephone_p > 0 or sum(self.codec_p) > 0
 
-    def check_rate(self, sample_rate: int) -> None:
-        """ValueError naming the key when a codec in use cannot encode at `sample_rate`."""
-        for codec, rates in _RATES.items():
-            if getattr(self, f"{codec}_p") > 0 and sample_rate not in rates:
+    def check_codecs(self, sample_rate: int) -> None:
+        """ValueError naming the key when a codec in use cannot encode at `sample_rate`, or
+        this soundfile / libsndfile cannot encode it at all (a soundfile before 0.13 has no
+        compression_level; some libsndfile builds lack MPEG or Opus). One 0.1 s test encode
+        per codec in use: a run never trains silently without a codec it asked for."""
+        probe = (0.1 * np.sin(np.arange(sample_rate // 10) * 0.3)).astype(np.float32)
+        for codec in CODECS:
+            if getattr(self, f"{codec}_p") == 0:
+                continue
+            rates = _RATES.get(codec, (sample_rate,))
+            if sample_rate not in rates:
                 raise ValueError(f"codec.{codec}_p > 0 needs sample_rate in {rates}, got "
                                  f"{sample_rate}")
+            try:
+                _APPLY[codec](probe, sample_rate, getattr(self, f"{codec}_level_min", 0.0))
+            except Exception as err:  # libsndfile and soundfile raise several types
+                raise ValueError(
+                    f"codec.{codec}_p > 0 but soundfile {sf.__version__} with libsndfile "
+                    f"{sf.__libsndfile_version__} cannot encode {codec} ({type(err).__name__}: "
+                    f"{err}); install soundfile >= 0.13 with its bundled libsndfile") from err
 
 
 def _round_trip(x: np.ndarray, sr: int, fmt: str, subtype: str, **options) -> np.ndarray:

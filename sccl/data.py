@@ -115,7 +115,7 @@ class DataConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"DataConfig: {msg}")
-        self.codec.check_rate(self.sample_rate)
+        self.codec.check_codecs(self.sample_rate)
 
     def rank_rows(self, world_size: int) -> tuple[int, int]:
         """(bona fide, spoof) rows of each rank batch for `world_size` processes; ConfigError

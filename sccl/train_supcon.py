@@ -153,12 +153,15 @@ def check_config(cfg: TrainConfig, accelerator) -> int:
     Planning the epoch-1 and dev loaders checks the shards before a model is built."""
     world, o = accelerator.num_processes, cfg.optim
     deepspeed = accelerator.distributed_type == "DEEPSPEED"
-    if deepspeed and o.grad_accum_steps > 1:
-        # DeepSpeed steps inside backward() on the last micro-batch and owns the gradient
-        # buffers, so a NaN/inf micro-batch could not be dropped from its window.
-        raise ConfigError("optim.grad_accum_steps > 1 is not supported under DeepSpeed: "
-                          "raise data.batch_size, or use DDP (launch/multi_gpu.yaml) or FSDP2 "
-                          "(launch/fsdp.yaml)")
+    if accelerator.distributed_type in ("DEEPSPEED", "FSDP") and o.grad_accum_steps > 1:
+        # A NaN/inf micro-batch could not be dropped from its window: DeepSpeed steps inside
+        # backward() and owns the gradient buffers; FSDP2 holds the window's unreduced
+        # gradients until the last micro-batch's backward, which a non-finite loss skips, so
+        # they would be added into the next window's step.
+        name = "DeepSpeed" if deepspeed else "FSDP"
+        raise ConfigError(f"optim.grad_accum_steps > 1 is not supported under {name}: raise "
+                          "data.batch_size (with model.gradient_checkpointing if memory is "
+                          "short), or use DDP (launch/multi_gpu.yaml)")
     if deepspeed and o.grad_clip > 0 and o.clip_scope == "head":
         # DeepSpeed clips every gradient inside its step, which backward() already took.
         raise ConfigError("optim.clip_scope=head cannot be honoured under DeepSpeed (it clips "
@@ -237,8 +240,9 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
 
         for epoch in range(state.epoch, o.epochs + 1):
             state.epoch = epoch
-            batches = iter(build_train_loader(cfg.data, rank=rank, world_size=world, epoch=epoch,
-                                              start_step=state.step_in_epoch))
+            loader = build_train_loader(cfg.data, rank=rank, world_size=world, epoch=epoch,
+                                        start_step=state.step_in_epoch)
+            batches = iter(loader)
             bar = logs.progress(n_micro, state.step_in_epoch, f"epoch {epoch}",
                                 enabled=acc.is_main_process and cfg.run.progress)
             meter.reset()
@@ -326,7 +330,7 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
             improved = loss_dev is None or state.record_dev_loss(loss_dev, epoch)
             info = state.weights_info(loss_dev, epoch)
             logger.log({"event": "epoch", **info, "nonfinite_total": state.nonfinite_total,
-                        "world_size": world})
+                        "world_size": world, **loader_counts(loader, device)})
             if loss_dev is not None:
                 acc.log({"dev/loss": loss_dev}, step=state.global_step)
             acc.print(f"epoch {epoch}: dev loss {_fmt(loss_dev)}, best "
@@ -356,6 +360,15 @@ def log_record(state: ck.TrainerState, meter: logs.StepMeter, queue_fill: int, w
             "grad_norm": meter.grad_norm, "queue_fill": queue_fill,
             "samples_seen": state.samples_seen, "nonfinite_total": state.nonfinite_total,
             "world_size": world_size, "time": time.time(), **checks}
+
+
+def loader_counts(loader, device: torch.device) -> dict[str, int]:
+    """Training samples of this epoch (since a resume: of its rest) that every rank's loader
+    replaced (undecodable, too short) or left unaugmented (a codec failed), summed over ranks:
+    a collective."""
+    keys = ("corrupt_count", "short_count", "codec_failures")
+    mine = torch.tensor([float(getattr(loader, k)) for k in keys], device=device)
+    return dict(zip(keys, map(int, dist.all_reduce_sum(mine).tolist()), strict=True))
 
 
 def _fmt(x: float | None) -> str:

@@ -177,3 +177,15 @@ def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as err:
         main(["--box", "nope=3"])
     assert err.value.code == 2 and "--box" in capsys.readouterr().err
+
+
+def test_zero3_config_is_the_one_stage1_runs():
+    from bench.gpu_engines import zero2_config
+    from sccl.accel import zero_bucket_sizes
+
+    config = zero2_config(16, "ds_zero3.json", hidden_size=1280)  # xlsr-1b's width
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and "auto" not in zero.values()
+    assert {k: zero[k] for k in zero_bucket_sizes(1280)} == zero_bucket_sizes(1280)
+    assert zero["reduce_bucket_size"] == 1280 * 1280
+    assert config["train_micro_batch_size_per_gpu"] == 16 and config["bf16"]["enabled"]

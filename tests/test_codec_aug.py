@@ -36,7 +36,8 @@ def _lag_and_corr(y: np.ndarray, x: np.ndarray, span: int = 2000) -> tuple[int, 
     return lag, float(c[mid] / np.sqrt(np.dot(x, x) * np.dot(y, y)))
 
 
-@pytest.mark.parametrize(("codec", "level"), [("mp3", 0.5), ("mp3", 0.95), ("vorbis", 0.0),
+@pytest.mark.parametrize(("codec", "level"), [("mp3", 0.5), ("mp3", 0.85), ("mp3", 0.95),
+                                              ("vorbis", 0.0),
                                               ("vorbis", 1.0), ("opus", 0.8), ("opus", 0.96)])
 def test_lossy_codecs_change_the_signal_and_keep_length_and_timing(codec, level):
     x = _speech_like()
@@ -161,6 +162,21 @@ def test_bad_values_are_one_line_errors_naming_the_key(tmp_path):
     assert cfg.data.codec.telephone_p == 0.3 and cfg.data.codec.enabled
     docs = field_docs(CodecConfig)
     assert [f.name for f in fields(CodecConfig) if not docs.get(f.name)] == []
+
+
+def test_a_codec_this_soundfile_cannot_encode_is_refused_at_start(monkeypatch, tmp_path):
+    # e.g. soundfile < 0.13 (no compression_level) or a libsndfile without MPEG: the run must
+    # not train silently without the codec it asked for
+    from sccl.train_supcon import TrainConfig
+
+    def unsupported(x, sr, level):
+        raise TypeError("write() got an unexpected keyword argument 'compression_level'")
+
+    monkeypatch.setitem(codec_aug._APPLY, "mp3", unsupported)
+    base = ["--data.train_shards", "x", "--run.dir", str(tmp_path)]
+    with pytest.raises(ConfigError, match=r"codec\.mp3_p > 0 but soundfile .* cannot encode mp3"):
+        parse_config(TrainConfig, base + ["--data.codec.mp3_p", "0.1"])
+    assert parse_config(TrainConfig, base + ["--data.codec.opus_p", "0.1"]).data.codec.opus_p
 
 
 def test_example_mix_config_loads():

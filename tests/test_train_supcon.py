@@ -99,6 +99,7 @@ def test_loss_goes_down_on_one_process(corpus, tmp_path):
     steps, epochs = log_lines(run_dir)
     dev = [e["dev_loss"] for e in epochs]
     assert len(dev) == 8 and dev[-1] < dev[0] - 0.02 and dev[-1] == min(dev), dev
+    assert all(e["corrupt_count"] == e["short_count"] == e["codec_failures"] == 0 for e in epochs)
     assert [s["global_step"] for s in steps] == list(range(1, 9))
     first = steps[0]
     assert {"loss", "lr", "queue_fill", "samples_per_s", "epoch", "world_size"} <= set(first)
@@ -344,6 +345,16 @@ def test_fresh_run_starts_a_fresh_log_and_saves_absolute_paths(corpus, tmp_path)
     assert not (stage / ".lock").exists()
 
 
+def test_loader_counts_sum_what_the_loaders_replaced_or_left_unaugmented():
+    from types import SimpleNamespace
+
+    from sccl.train_supcon import loader_counts
+
+    loader = SimpleNamespace(corrupt_count=1, short_count=2, codec_failures=3)
+    assert loader_counts(loader, torch.device("cpu")) == {  # one process: its own counts
+        "corrupt_count": 1, "short_count": 2, "codec_failures": 3}
+
+
 def test_no_library_module_shadows_the_standard_library():
     # `accelerate launch sccl/train_supcon.py` puts sccl/ first on sys.path, where a module
     # named like a standard one (queue.py once) would replace it for every library.
@@ -358,21 +369,25 @@ def test_train_supcon_runs_as_a_file():
     assert "--loss.queue_size int (default 0)" in out.stdout
 
 
-@pytest.mark.parametrize(("kind", "precision", "scope", "refused"), [
-    ("DEEPSPEED", "no", "head", "cannot be honoured under DeepSpeed"),  # ZeRO-2 and ZeRO-3
-    ("FSDP", "fp16", "head", "not supported under FSDP"),
-    ("FSDP", "bf16", "head", None),  # FSDP2 clips the head's gradient shards
-    ("FSDP", "fp16", "all", None),
+@pytest.mark.parametrize(("kind", "precision", "scope", "accum", "refused"), [
+    ("DEEPSPEED", "no", "head", 1, "cannot be honoured under DeepSpeed"),  # ZeRO-2 and ZeRO-3
+    ("DEEPSPEED", "no", "all", 2, "grad_accum_steps > 1 is not supported under DeepSpeed"),
+    ("FSDP", "fp16", "head", 1, "not supported under FSDP"),
+    ("FSDP", "bf16", "head", 1, None),  # FSDP2 clips the head's gradient shards
+    ("FSDP", "fp16", "all", 1, None),
+    ("FSDP", "bf16", "head", 2, "grad_accum_steps > 1 is not supported under FSDP"),
+    ("MULTI_GPU", "bf16", "head", 2, None),  # DDP drops a bad micro-batch from its window
 ])
 def test_check_config_refuses_what_a_strategy_cannot_do(corpus, tmp_path, kind, precision, scope,
-                                                        refused):
+                                                        accum, refused):
     from types import SimpleNamespace
 
     from sccl.config import ConfigError
     from sccl.train_supcon import check_config
 
     cfg = parse_config(TrainConfig, ["--config", tiny_config(tmp_path, corpus),
-                                     "--optim.clip_scope", scope])
+                                     "--optim.clip_scope", scope,
+                                     "--optim.grad_accum_steps", str(accum)])
     acc = SimpleNamespace(distributed_type=kind, mixed_precision=precision, num_processes=2,
                           process_index=0, is_main_process=True)
     if refused is None:

@@ -24,14 +24,21 @@ from sccl.optim import OptimConfig, clip_gradients
 
 def head_clipping(acc, model, replica) -> dict:
     """One backward of the same batch on every rank, then clip_scope head: the norm must be
-    the replica's head gradient norm (ranks' equal gradients average to themselves)."""
+    the replica's head gradient norm (ranks' equal gradients average to themselves). Under
+    bf16 (FSDP2's mixed-precision policy) also the dtypes the sharded gradients are reduced
+    and kept in, which must be fp32."""
     wave = torch.randn(2, 16000, generator=torch.Generator().manual_seed(3))
     for m in (model, replica):
         m.eval()  # no dropout: the same function on both
         m(wave).sum().backward()
+    grad_dtypes = sorted({str(p.grad.dtype) for p in model.parameters() if p.grad is not None})
     norm = clip_gradients(acc, model, OptimConfig(grad_clip=1e-3, clip_scope="head"))
     want = torch.nn.utils.get_total_norm([p.grad for p in replica.head.parameters()])
-    return {"head_norm": norm, "head_norm_replica": float(want)}
+    policy = getattr(acc.state.fsdp_plugin, "mixed_precision_policy", None)
+    return {"head_norm": norm, "head_norm_replica": float(want), "grad_dtypes": grad_dtypes,
+            "mixed_precision": acc.mixed_precision,
+            "policy": None if policy is None else [str(policy.param_dtype),
+                                                   str(policy.reduce_dtype)]}
 
 
 def main() -> None:
