@@ -21,10 +21,11 @@ measured with libsndfile 1.2.2 (the formulas fit those measurements):
 bench/bench_codec.py prints the bitrates measured on its clips.
 
 Alignment: libsndfile's decoders remove the codec's delay and end padding (gapless decoding),
-returning exactly the input's samples; LAME at low bitrates (<= 24 kbps at 16 kHz, where it
-resamples internally) returns them with its delay and padding. The delay is then found by
-cross-correlation with the input over the possible lags (0 .. extra samples) and cut, so the
-output always has the input's length and timing (tests/test_codec_aug.py checks both cases).
+returning exactly the input's samples; LAME at low bitrates (measured at 16 kHz: 32 kbps
+and below, where it resamples internally) returns them with its delay and padding. The delay
+is then found by cross-correlation with the input over the possible lags (0 .. extra
+samples) and cut, so the output always has the input's length and timing
+(tests/test_codec_aug.py checks both cases).
 
 Output: float32, clipped to [-1, 1] (codecs carry full-scale audio); zero padding after a
 clip's real samples stays zero. A clip a codec fails on passes through unaugmented and is
