@@ -1,5 +1,4 @@
-"""Benchmark of codec and channel augmentation (sccl.codec_aug) on one core (a benchmark, not
-a test).
+"""Benchmark of codec and channel augmentation (sccl.codec_aug) on one core.
 
     python bench/bench_codec.py [--clips 400] [--cost-clips 20] [--seconds 4] [--shards DIR]
 
@@ -30,7 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_data import _all_audio, _best_rates, _pipeline, _raw, _synthetic  # noqa: E402
+from bench.bench_data import (  # noqa: E402
+    _all_audio,
+    _best_rates,
+    _pipeline,
+    _raw,
+    _synthetic,
+    loader_arguments,
+)
 from sccl import audio, codec_aug  # noqa: E402
 from sccl.config import from_dict, read_config_file  # noqa: E402
 from sccl.rawboost import RawBoost, RawBoostConfig  # noqa: E402
@@ -82,14 +88,8 @@ def _crops(blobs: list[bytes], sr: int, length: int, n: int) -> list[np.ndarray]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clips", type=int, default=400, help="synthetic clips for the loader")
+    loader_arguments(ap, repeats=3)
     ap.add_argument("--cost-clips", type=int, default=20, help="clips per cost measurement")
-    ap.add_argument("--seconds", type=float, default=4.0, help="mean synthetic clip length")
-    ap.add_argument("--crop-seconds", type=float, default=4.0)
-    ap.add_argument("--sample-rate", type=int, default=16000)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--shards", default="", help="a real shard directory instead of synthetic")
-    ap.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     args = ap.parse_args()
     torch.set_num_threads(1)  # per-core figures
     sr, length, mix = args.sample_rate, round(args.crop_seconds * args.sample_rate), \

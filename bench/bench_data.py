@@ -128,15 +128,20 @@ def _synthetic(root: Path, clips: int, seconds: float) -> tuple[str, list[str]]:
     return str(shard_dir), sorted(str(p) for p in files.iterdir())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def loader_arguments(ap: argparse.ArgumentParser, repeats: int) -> None:
+    """The options of the loader benchmarks (this one and bench_codec.py)."""
     ap.add_argument("--clips", type=int, default=400, help="synthetic clips (half bona fide)")
     ap.add_argument("--seconds", type=float, default=4.0, help="mean synthetic clip length")
     ap.add_argument("--crop-seconds", type=float, default=4.0)
     ap.add_argument("--sample-rate", type=int, default=16000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--shards", default="", help="a real shard directory instead of synthetic")
-    ap.add_argument("--repeats", type=int, default=5, help="best of this many runs")
+    ap.add_argument("--repeats", type=int, default=repeats, help="best of this many runs")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    loader_arguments(ap, repeats=5)
     args = ap.parse_args()
     torch.set_num_threads(1)  # per-core figures
     sr, length = args.sample_rate, round(args.crop_seconds * args.sample_rate)
