@@ -1,4 +1,4 @@
-"""File I/O every part shares: atomic writes and content hashes.
+"""File I/O every part shares: atomic writes, content hashes and reading a JSON object.
 
 Atomic writes go to a temporary file in the same directory, fsync, rename: a reader (or a
 resumed run) sees either the old file or the complete new one, never a half-written file.
@@ -71,3 +71,19 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 23) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_json_object(path: Path, error: type[Exception], missing: str) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``error`` with one line naming the file (with the line
+    and column of a syntax error); ``missing`` says what the file is, for when it is absent."""
+    if not path.is_file():
+        raise error(f"{path}: missing; {missing}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read: {err}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data

@@ -49,7 +49,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from sccl.fileio import atomic_write_bytes, atomic_write_json
+from sccl.fileio import atomic_write_bytes, atomic_write_json, read_json_object
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -261,13 +261,7 @@ def _family(model_type: Any, source: str | Path) -> tuple[type, type]:
 
 def _family_of_file(path: Path) -> tuple[str, type]:
     """(model_type, model class) named by a checkpoint's config.json."""
-    try:
-        conf = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"{path}: cannot read: {err}") from err
-    except json.JSONDecodeError as err:
-        raise ModelLoadError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
-    model_type = conf.get("model_type") if isinstance(conf, dict) else None
+    model_type = read_json_object(path, ModelLoadError, "a checkpoint's config").get("model_type")
     return model_type, _family(model_type, path)[1]
 
 
@@ -631,17 +625,8 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, str]
 
 
 def _read_model_config(path: Path) -> dict:
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: missing; a SupConModel directory holds {CONFIG_NAME} and "
-                             f"{WEIGHTS_NAME} (written by SupConModel.save_pretrained)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelLoadError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
-    except UnicodeDecodeError as err:
-        raise ModelLoadError(f"{path}: not UTF-8 text: {err}") from err
-    if not isinstance(meta, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
+    meta = read_json_object(path, ModelLoadError, f"a SupConModel directory holds {CONFIG_NAME} "
+                            f"and {WEIGHTS_NAME} (written by SupConModel.save_pretrained)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(f"{path}: format_version {meta.get('format_version')!r}, "
                              f"this code reads {FORMAT_VERSION}")

@@ -42,7 +42,7 @@ from torch import nn
 
 from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
-from sccl.fileio import atomic_open, atomic_write_json, file_sha256
+from sccl.fileio import atomic_open, atomic_write_json, file_sha256, read_json_object
 from sccl.linear import RunMismatchError, linear_scores, llr_map, load_stage2
 from sccl.model import ModelConfig, ModelLoadError, SupConModel, read_weights, save_tensors
 
@@ -263,15 +263,8 @@ def _pad_to(wave: torch.Tensor, min_len: int) -> torch.Tensor:
 
 def _read_export_config(path: Path) -> dict:
     """config.json of an export, every field present and of the right type."""
-    if not path.is_file():
-        raise ScoringError(f"{path}: missing; an export directory holds {CONFIG} and "
+    cfg = read_json_object(path, ScoringError, f"an export directory holds {CONFIG} and "
                            f"{WEIGHTS} (SpoofDetector.save_pretrained)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as err:
-        raise ScoringError(f"{path}: not a readable JSON file: {_one_line(err)}") from None
-    if not isinstance(cfg, dict):
-        raise ScoringError(f"{path}: expected a JSON object")
     if cfg.get("model_type") != EXPORT_FORMAT:
         raise ScoringError(f"{path}: not an sccl detector export (model_type must be "
                            f"{EXPORT_FORMAT!r})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -237,6 +238,20 @@ def test_export_missing_key_and_cli_message(export, tmp_path, capsys):
     assert score_main(["--run", str(export), str(wav)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "seconds" in err
+
+
+def test_export_unreadable_config_is_one_line_naming_file_and_place(export):
+    path = export / "config.json"
+    text = path.read_text()
+    for damaged, expected in ((text[: len(text) // 2], r"config.json:\d+:\d+: invalid JSON"),
+                              ("[1, 2]", "config.json: expected a JSON object"),
+                              (None, "config.json: missing; an export directory holds")):
+        path.unlink()
+        if damaged is not None:
+            path.write_text(damaged)
+        assert re.search(expected, _load_error(export)), _load_error(export)
+    path.write_bytes(b"\xff\xfe{")
+    assert "config.json: cannot read" in _load_error(export)
 
 
 def test_export_refuses_non_finite_weights_and_threshold(run, tmp_path):
