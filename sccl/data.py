@@ -33,6 +33,7 @@ from typing import Literal
 
 import torch
 
+from sccl.accel import StopSignal
 from sccl.codec_aug import CodecConfig
 from sccl.config import ConfigError
 from sccl.data_eval import EvalBatches, EvalPlan, padding_batch
@@ -212,7 +213,7 @@ def _leave_stop_signals_to_main(worker_id: int) -> None:
     died of SIGTERM would make the main process raise before it could checkpoint. The main
     process owns the stop (it checkpoints and then shuts its workers down); a worker whose
     parent is gone exits by itself (torch's worker watchdog)."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for signum in StopSignal.SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
