@@ -44,6 +44,7 @@ from bench.gpu_step import (
     to_device,
 )
 from bench.gpu_train import best_row, guarded, rate
+from bench.memory_table import preset_counts
 from sccl.accel import zero_bucket_sizes
 from sccl.losses import supcon_loss
 from sccl.model import encoder_config
@@ -172,16 +173,9 @@ def section_sharded(ctx: Ctx, args, done: dict) -> dict:
             if rate(row) and rate(plain):
                 row["speed_vs_plain"] = rate(row) / rate(plain)
     return {"preset": args.big_preset, "crop_s": crop, "batch": args.big_batch,
-            "parameters": _parameter_count(args.big_preset), "deepspeed": ds, "results": rows,
+            "parameters": preset_counts(args.big_preset).total, "deepspeed": ds, "results": rows,
             "zero3_config": zero2_config(args.big_batch, "ds_zero3.json",
                                          encoder_config(args.big_preset).hidden_size) if ds else None}
-
-
-def _parameter_count(preset: str) -> int:
-    from sccl.model import ModelConfig, SupConModel
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in SupConModel(ModelConfig(encoder=preset)).parameters())
 
 
 def section_zero2(ctx: Ctx, args, done: dict) -> dict:
