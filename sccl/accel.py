@@ -132,6 +132,15 @@ def zero_bucket_sizes(hidden_size: int) -> dict[str, int]:
             "stage3_param_persistence_threshold": 10 * hidden_size}
 
 
+def params_sharded(accelerator) -> bool:
+    """Whether the parameters are split across ranks (ZeRO-3, FSDP): gathering them is then a
+    collective that every rank must join."""
+    if accelerator.distributed_type == "FSDP":
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.deepspeed_config["zero_optimization"].get("stage") == 3
+
+
 def local_shards(model) -> list[torch.Tensor]:
     """The part of each parameter that this rank holds: the whole parameter under DDP and
     ZeRO-2, the local shard of a DTensor (FSDP2), the rank's partition under ZeRO-3 (whose

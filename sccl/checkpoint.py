@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from sccl import dist
-from sccl.accel import local_shards
+from sccl.accel import local_shards, params_sharded
 from sccl.config import ConfigError
 from sccl.fileio import atomic_write_json, file_sha256
 from sccl.lock import DirLock, LockHeldError
@@ -177,8 +177,10 @@ def export_weights(accelerator, model, out: Path, info: dict[str, Any]) -> None:
     ``info.json`` (epoch, step, dev loss). All ranks must call it: under ZeRO-3 and FSDP2
     ``get_state_dict`` gathers every rank's shards into one full state dict on the main
     process (ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``; the weights come in
-    the dtype they train in, as under ZeRO-2)."""
-    state = accelerator.get_state_dict(model)  # a collective under sharding
+    the dtype they train in, as under ZeRO-2). Otherwise only the main process asks for it
+    (under ZeRO-2 it is a copy of the weights: none is made on the other ranks)."""
+    state = (accelerator.get_state_dict(model)  # a collective when the parameters are sharded
+             if params_sharded(accelerator) or accelerator.is_main_process else None)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         tmp = out.with_name(f".tmp-{out.name}")

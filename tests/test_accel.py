@@ -84,6 +84,18 @@ def test_fill_deepspeed_auto_from_the_training_config_and_the_encoder_width():
         "reduce_bucket_size"] == 50000000
 
 
+def test_params_sharded_under_zero3_and_fsdp_only():
+    # export_weights: every rank joins the gathering then; otherwise only the main process
+    # asks for the weights (under ZeRO-2 every other rank would copy them for nothing)
+    for name, sharded in (("ds_zero2.json", False), ("ds_zero3.json", True)):
+        acc = _with_deepspeed_config(name)
+        acc.distributed_type = "DEEPSPEED"
+        assert accel.params_sharded(acc) is sharded
+    for kind, sharded in (("FSDP", True), ("MULTI_GPU", False), ("NO", False)):
+        acc = SimpleNamespace(distributed_type=kind, state=SimpleNamespace(deepspeed_plugin=None))
+        assert accel.params_sharded(acc) is sharded
+
+
 def test_zero3_config_that_cannot_gather_the_export_is_refused():
     acc = _with_deepspeed_config("ds_zero3.json")
     del acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"][
