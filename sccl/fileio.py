@@ -9,9 +9,11 @@ imports the library, never the reverse).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +29,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     if "w" not in mode:
         raise ValueError(f"atomic_open writes only; got mode {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # name the file asked for, not a temporary's random name
+        raise OSError(err.errno, err.strerror, str(path)) from err
     # mkstemp creates 0600; give the file the mode a plain open() would (0666 less umask) so
     # shared dataset and run folders stay readable by the group.
     os.fchmod(fd, 0o666 & ~_umask())
@@ -38,9 +43,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, str(path)) from err  # a full disk, say
         raise
 
 
@@ -87,3 +94,42 @@ def read_json_object(path: Path, error: type[Exception], missing: str) -> dict[s
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data
+
+
+# errno -> the cause as a user reads it: failures of the place written to, not of sccl's input
+_STORAGE_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+# torch's zip writer and other C++ writers fail with a RuntimeError and no errno; with less
+# free space than this left where they wrote, the cause is taken to be a full disk.
+_NEARLY_FULL = 64 << 20
+
+
+def storage_problem(err: BaseException, where: str | os.PathLike | None = None) -> str | None:
+    """``"<path>: <cause>"`` when ``err`` is a failure of the storage written to (a full disk,
+    a quota, a read-only or forbidden place), else None. ``where`` names the path when the
+    error does not (C++ writers), and is where free space is measured for them."""
+    if isinstance(err, OSError) and err.errno in _STORAGE_CAUSES:
+        path = err.filename if err.filename is not None else where
+        return f"{path if path is not None else '?'}: {_STORAGE_CAUSES[err.errno]}"
+    if isinstance(err, RuntimeError) and where is not None and _nearly_full(Path(where)):
+        return f"{where}: {_STORAGE_CAUSES[errno.ENOSPC]} ({_one_line(err)})"
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
