@@ -73,6 +73,7 @@ class BuildOptions:
     workers: int = 1
     skip_missing: bool = False
     decode_check: bool = False
+    finite_check: bool = True  # False: float audio holding NaN/Inf is not looked for
     overwrite: bool = False
     progress: bool = True
 
@@ -129,7 +130,7 @@ def prepare_out_dir(out: Path, args: dict, digest: str, overwrite: bool) -> dict
     """
     manifest, state = read_record(out / MANIFEST), read_record(out / STATE)
     previous = state or manifest
-    recorded = recorded_names(manifest, state)
+    recorded = recorded_names(out, manifest, state)  # checked: safe to delete
     refuse_foreign_tars(out, recorded)
     if previous is None:
         return {}
@@ -155,7 +156,8 @@ _ENTRY_FIELDS = ("counts", "attacks", "subsets", "codecs", "short", "sample_rate
 
 def _is_done(out: Path, plan, entry: dict | None) -> bool:
     path = out / plan.name
-    return (entry is not None and entry.get("num_samples") == len(plan.items)
+    return (entry is not None and entry.get("name") == plan.name
+            and entry.get("num_samples") == len(plan.items)
             and all(k in entry for k in _ENTRY_FIELDS)
             and path.is_file() and path.stat().st_size == entry.get("bytes")
             and file_sha256(path) == entry.get("sha256"))
@@ -252,7 +254,8 @@ def _build_locked(opts: BuildOptions, out: Path, protocol, plan, missing) -> dic
         print(f"sccl-shards: resuming {out}: {len(done)} of {len(plan)} shards already "
               f"built, building {len(todo)}", file=sys.stderr)
     sample_opts = SampleOptions(dataset=protocol.dataset, split=opts.split,
-                                transcode=opts.transcode, decode_check=opts.decode_check)
+                                transcode=opts.transcode, decode_check=opts.decode_check,
+                                finite_check=opts.finite_check)
     tasks = [(p.name, (p, str(out), sample_opts), len(p.items)) for p in todo]
     for name, entry in run_tasks(write_shard, tasks, workers=opts.workers,
                                  progress=opts.progress, desc=f"build {out.name}"):

@@ -7,7 +7,8 @@
     sccl-shards info shards/la19_train
     sccl-shards synth --out data/synth
 
-Bad input exits with code 2 and one message; verify exits with 1 when it finds problems.
+Bad input, and a place that cannot be written (full, read-only: sccl.fileio.storage_problem),
+exit with code 2 and one message; verify exits with 1 when it finds problems.
 Heavy modules are imported inside the subcommands so ``--help`` stays instant.
 """
 
@@ -20,6 +21,7 @@ import signal
 import sys
 import threading
 
+from sccl.fileio import storage_problem  # standard library only: --help stays instant
 from shards import __version__
 from shards.errors import ShardsError
 
@@ -67,6 +69,10 @@ def _add_build(sub) -> None:
                    help="build without missing audio files (recorded in the manifest)")
     p.add_argument("--decode-check", action="store_true",
                    help="fully decode every file while building (catches truncated audio)")
+    p.add_argument("--no-finite-check", action="store_true",
+                   help="do not decode float WAV files to reject NaN/Inf samples (by default "
+                   "such a file stops the build, naming it; FLAC and integer WAV cannot hold "
+                   "NaN and are never decoded for this)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace another build found in --out (removes only the files it "
                    "recorded; never files it did not write)")
@@ -139,7 +145,8 @@ def _build(a) -> int:
         subset=a.subset, dataset=a.dataset, shard_size=a.shard_size, shard_bytes=a.shard_bytes,
         split_by_label=a.split_by_label, shuffle=a.shuffle, seed=a.seed, transcode=a.transcode,
         workers=a.workers, skip_missing=a.skip_missing, decode_check=a.decode_check,
-        overwrite=a.overwrite, progress=not a.no_progress))
+        finite_check=not a.no_finite_check, overwrite=a.overwrite,
+        progress=not a.no_progress))
     counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
     print(f"{a.out}: {m['num_samples']} samples ({counts}) in {len(m['shards'])} shards, "
           f"{m['total_duration'] / 3600:.2f} h; {m['missing']['count']} missing")
@@ -194,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except ShardsError as err:
         print(f"sccl-shards: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        storage = storage_problem(err)
+        if storage is None:
+            raise
+        print(f"sccl-shards: error: {storage}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sccl-shards: interrupted", file=sys.stderr)

@@ -9,6 +9,11 @@ ours when its ``"builder"`` field starts with ``sccl-shards``; a ``manifest.json
 tool wrote, or a torn one, is never deleted: the build stops and names it. ``.tar`` files no
 record names are never deleted either, and a build refuses to finish next to them (a
 shard directory's ``*.tar`` are exactly its manifest's shards, which verify checks).
+
+A record is text anyone can edit, so every name in it is checked (``name_problem``) before
+any file is deleted: only a ``.tar`` file name directly inside ``--out`` passes, never
+``../x``, an absolute path or a symlink leading out of ``--out``; one bad name stops the
+build with nothing deleted.
 """
 
 from __future__ import annotations
@@ -58,11 +63,56 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def recorded_names(manifest: dict | None, state: dict | None) -> set[str]:
-    """Every shard file name the earlier build recorded (finished or planned)."""
-    names = {s["name"] for s in (manifest or {}).get("shards", [])}
-    names.update((state or {}).get("shards", {}))
-    names.update((state or {}).get("planned", []))
+def name_problem(out: Path, name: object) -> str | None:
+    """Why ``name`` (read from a record) is not a shard file directly inside ``out``; None
+    when it is. sccl-shards records only ``<split>[-<label>]-NNNNNN.tar``, so a name with a
+    path in it (``../victim.txt``, ``/etc/x``, ``sub/x.tar``) or a symlink whose target lies
+    outside ``out`` can only come from an edited or foreign record."""
+    if not isinstance(name, str):
+        return "is not a file name"
+    if os.sep in name or (os.altsep and os.altsep in name):
+        return "is a path, not a bare file name"
+    if not name.endswith(".tar") or "\0" in name:
+        return "is not a .tar file name"
+    path = out / name
+    if path.is_symlink():
+        target, root = os.path.realpath(path), os.path.realpath(out)
+        if os.path.commonpath([target, root]) != root:
+            return f"is a symlink leading out of {out} (to {target})"
+    elif path.exists() and not path.is_file():
+        return "is not a regular file"
+    return None
+
+
+def _listed(record: dict | None, where: Path) -> list[object]:
+    """The shard names in one record: a manifest's ``shards[].name``, a state file's
+    ``shards`` keys (and their entries' names) and ``planned``."""
+    if record is None:
+        return []
+    try:
+        if where.name == MANIFEST:
+            return [s["name"] for s in record.get("shards", [])]
+        finished = record.get("shards", {})
+        return [*finished, *(e["name"] for e in finished.values()),
+                *record.get("planned", [])]
+    except (TypeError, KeyError, AttributeError) as err:
+        raise ShardsError(f"{where}: malformed shard list ({type(err).__name__}: {err}); "
+                          "nothing was deleted: remove it yourself or choose another "
+                          "--out") from None
+
+
+def recorded_names(out: Path, manifest: dict | None, state: dict | None) -> set[str]:
+    """Every shard file name the earlier build recorded (finished or planned), all checked
+    (``name_problem``) before the caller deletes any: one bad name stops the build."""
+    names: set[str] = set()
+    for record, file in ((manifest, MANIFEST), (state, STATE)):
+        for name in _listed(record, out / file):
+            why = name_problem(out, name)
+            if why:
+                raise ShardsError(f"{out / file}: recorded shard name {name!r} {why}; "
+                                  "nothing was deleted: remove the record yourself or "
+                                  "choose another --out")
+            names.add(name)
     return names
 
 

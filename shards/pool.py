@@ -2,7 +2,8 @@
 
 A failing task stops the run: the workers are ended and the first error is
 re-raised naming its shard (a pool that swallows worker exceptions hides broken data).
-``ShardsError`` and ``OSError`` stay user-facing ``ShardsError``s; anything else is a bug
+``ShardsError`` and ``OSError`` stay user-facing ``ShardsError``s (a full or read-only disk
+as ``sccl.fileio.storage_problem``'s line, which names the file); anything else is a bug
 and keeps its traceback chained. Workers die with their parent: a pool worker orphaned by a
 kill -9 of the build would otherwise wait forever and could still rename a stale shard
 into the directory while a later build works there.
@@ -22,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sccl.fileio import storage_problem
 from shards.errors import ShardsError
 
 # A task: (shard name, positional args for fn, weight for the progress bar).
@@ -29,6 +31,9 @@ Task = tuple[str, tuple, int]
 
 
 def _named_error(name: str, err: BaseException) -> Exception:
+    storage = storage_problem(err)
+    if storage:
+        return ShardsError(storage)
     if isinstance(err, (ShardsError, OSError)):
         return ShardsError(f"shard {name}: {err}")
     return RuntimeError(f"shard {name} failed: {err!r}")

@@ -125,6 +125,8 @@ def _render_chunk(out: str, rows: list[Row], seed: int) -> dict[str, int]:
         try:
             wave = synthesize(row, seed)
             _write_whole(Path(out) / row.path, _encode(wave, row.path))
+        except OSError:  # a full or read-only disk: it names its file (one line in the CLI)
+            raise
         except Exception as err:  # name the utterance: a bare numpy error says nothing
             raise RuntimeError(f"synth: rendering {row.path} ({row.system}) failed: {err}") from err
         lengths[row.path] = len(wave)

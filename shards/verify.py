@@ -20,6 +20,7 @@ from pathlib import Path
 from sccl.fileio import file_sha256
 from shards.build import MANIFEST, STATE
 from shards.errors import ShardsError
+from shards.outdir import name_problem
 from shards.pool import run_tasks
 from shards.writer import SHORT_SAMPLES
 
@@ -37,9 +38,13 @@ def load_manifest(shard_dir: str | Path) -> dict:
                               "rerun the same build command to resume it")
         raise ShardsError(f"{d}: not a shard directory (no {MANIFEST})")
     try:
-        return json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
     except ValueError as err:
         raise ShardsError(f"{d / MANIFEST}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
+        raise ShardsError(f"{d / MANIFEST}: not a manifest (a JSON object with a list of "
+                          "shards)")
+    return manifest
 
 
 def _check_sample(key: str, members: dict, group: str | None,
@@ -61,21 +66,27 @@ def _check_sample(key: str, members: dict, group: str | None,
     if meta.get("sha256") != hashlib.sha256(raw).hexdigest():
         problems.append(f"{key}: audio sha256 differs from its json")
     if decode:
-        problems += _check_decode(key, raw, meta)
+        problems += _check_decode(key, audio[0], raw, meta)
     return problems, meta.get("label")
 
 
-def _check_decode(key: str, raw: bytes, meta: dict) -> list[str]:
+def _check_decode(key: str, ext: str, raw: bytes, meta: dict) -> list[str]:
+    import numpy as np
     import soundfile as sf
 
     try:
         wave, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises several types for bad data
         return [f"{key}: audio does not decode ({err})"]
+    problems = []
     if rate != meta.get("sample_rate") or len(wave) != meta.get("num_samples"):
-        return [f"{key}: decodes to {len(wave)} frames at {rate} Hz, json says "
-                f"{meta.get('num_samples')} at {meta.get('sample_rate')}"]
-    return []
+        problems.append(f"{key}: decodes to {len(wave)} frames at {rate} Hz, json says "
+                        f"{meta.get('num_samples')} at {meta.get('sample_rate')}")
+    bad = int(np.count_nonzero(~np.isfinite(wave)))
+    if bad:  # the loaders refuse it (sccl.audio): better found here, naming its shard
+        problems.append(f"{key}.{ext}: decoded audio holds {bad} non-finite value(s) "
+                        "(NaN or inf)")
+    return problems
 
 
 def _tar_samples(path: Path):
@@ -119,10 +130,10 @@ def verify(shard_dir: str | Path, *, decode: bool = False, workers: int = 1,
     """Every problem found in ``shard_dir`` (empty list = all good)."""
     d = Path(shard_dir)
     manifest = load_manifest(d)
-    shards = manifest.get("shards", [])
+    shards, problems = _openable(d, manifest.get("shards", []))
     tasks = [(e["name"], (str(d / e["name"]), e, decode), e.get("num_samples", 0))
              for e in shards]
-    problems, first_shard, counts = [], {}, Counter()
+    first_shard, counts = {}, Counter()
     results = dict(run_tasks(verify_shard, tasks, workers=workers, desc="verify",
                              unit="sample", progress=progress))
     for e in shards:  # report in manifest order, whatever order the workers finished in
@@ -140,6 +151,21 @@ def verify(shard_dir: str | Path, *, decode: bool = False, workers: int = 1,
     problems += [f"{n}: .tar file not listed in manifest.json"
                  for n in sorted(os.listdir(d)) if n.endswith(".tar") and n not in listed]
     return problems
+
+
+def _openable(d: Path, entries: list) -> tuple[list[dict], list[str]]:
+    """(entries naming a .tar file inside ``d``, a problem for each other one). A manifest
+    is text anyone can edit: a name like ``../x.tar`` or a symlink out of ``d`` is reported,
+    never opened (shards.outdir.name_problem, the builder's check)."""
+    good, problems = [], []
+    for i, e in enumerate(entries):
+        name = e.get("name") if isinstance(e, dict) else None
+        why = name_problem(d, name) if isinstance(e, dict) else "is not an object"
+        if why:
+            problems.append(f"{MANIFEST}: shards[{i}] {name!r} {why}; not opened")
+        else:
+            good.append(e)
+    return good, problems
 
 
 def _hms(seconds: float) -> str:

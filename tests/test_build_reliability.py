@@ -1,14 +1,17 @@
 """Shard builder under the field's failures: two builds at once, kill -9 of a parallel build,
---overwrite next to user files, --out that is a file, broken and too-short audio."""
+--overwrite next to user files or edited records, --out that is a file, read-only or full,
+broken, non-finite and too-short audio; a shard directory from someone else."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from shards.build import MANIFEST, STATE, build
 from shards.cli import main
 from shards.errors import ShardsError
 from shards.verify import verify
+from shards.writer import add_member
+from tests.mounts import fill, read_only, small_disk
 from tests.test_build import dir_bytes, opts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,6 +221,45 @@ def test_a_manifest_sccl_shards_did_not_write_is_left_alone(la19_corpus, tmp_pat
     assert sorted(os.listdir(out)) == [MANIFEST] and (out / MANIFEST).read_text() == text
 
 
+def _record_names(out: Path, record: str, name: str) -> None:
+    """Put ``name`` last among the shard names of ``record`` (a complete or a killed build)."""
+    if record == MANIFEST:
+        m = json.loads((out / MANIFEST).read_text())
+        m["shards"].append({**m["shards"][-1], "name": name})
+        (out / MANIFEST).write_text(json.dumps(m))
+    else:  # the state a killed build leaves, naming the victim among its planned shards
+        state = json.loads((out / MANIFEST).read_text())
+        state["planned"] = [s["name"] for s in state.pop("shards")] + [name]
+        state["shards"] = {}
+        (out / STATE).write_text(json.dumps(state))
+        (out / MANIFEST).unlink()
+
+
+@pytest.mark.parametrize(("record", "victim"), [
+    (MANIFEST, "../victim.txt"), (MANIFEST, "absolute"), (MANIFEST, "symlink"),
+    (STATE, "../victim.txt"), (STATE, "absolute")])
+def test_recorded_names_leading_out_of_out_stop_the_build_deleting_nothing(
+        la19_corpus, tmp_path, capsys, record, victim):
+    out, target = tmp_path / "out", tmp_path / "victim.txt"
+    target.write_text("not yours")
+    build(opts(la19_corpus, out, shard_size=3))
+    name = {"../victim.txt": "../victim.txt", "absolute": str(target)}.get(victim)
+    if victim == "symlink":  # a recorded shard replaced by a link to a file outside --out
+        name = "train-000000.tar"
+        (out / name).unlink()
+        (out / name).symlink_to(target)
+    else:
+        _record_names(out, record, name)
+    before = dir_bytes(out)
+    for extra in (["--overwrite", "--shard-size", "4"], ["--shard-size", "3"]):
+        assert main(build_args(la19_corpus, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sccl-shards: error: {out / record}: recorded shard name "
+                              f"{name!r} ") and len(err.strip().splitlines()) == 1, err
+        assert "nothing was deleted" in err
+        assert target.read_text() == "not yours" and dir_bytes(out) == before
+
+
 def test_out_naming_a_file_is_one_line_exit_2(la19_corpus, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep")
@@ -228,6 +272,47 @@ def test_out_naming_a_file_is_one_line_exit_2(la19_corpus, tmp_path, capsys):
     assert afile.read_text() == "keep"
 
 
+def test_read_only_out_is_one_line_exit_2_and_verify_still_reads_it(la19_corpus, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "out"
+    build(opts(la19_corpus, out, shard_size=3))
+    before = dir_bytes(out)
+    with read_only(out):
+        for extra in ([], ["--overwrite", "--shard-size", "4"]):
+            assert main(build_args(la19_corpus, out, *extra)) == 2
+            assert capsys.readouterr().err == \
+                f"sccl-shards: error: {out / '.lock'}: read-only file system\n"
+        assert verify(out, decode=True, progress=False) == []
+    assert dir_bytes(out) == before
+
+
+def test_full_disk_mid_build_is_one_line_and_a_rerun_resumes(la19_corpus, tmp_path, capsys):
+    clean = tmp_path / "clean"
+    build(opts(la19_corpus, clean, shard_size=1))
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        out = disk / "out"
+        # Room for a few shards (a worker's write fails), then for the lock alone (the
+        # parent's write of the build state fails).
+        for leave, failing in ((sum(map(len, dir_bytes(clean).values())) // 2, ".tar"),
+                               (4096, STATE)):
+            fill(disk, leave)
+            assert main(build_args(la19_corpus, out, "--shard-size", "1")) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"sccl-shards: error: {out}/") and len(err.splitlines()) == 1
+            assert err.endswith(f"{failing}: no space left on the device\n"), err
+            assert not (out / MANIFEST).exists() and not (out / ".lock").exists()
+            assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+            (disk / ".filler").unlink()
+        kept = {n: (out / n).stat().st_ino for n in json.loads((out / STATE).read_text())
+                ["shards"]}
+        assert kept and all((out / n).read_bytes() == (clean / n).read_bytes()
+                            for n in os.listdir(out) if n.endswith(".tar"))  # none half-written
+        assert main(build_args(la19_corpus, out, "--shard-size", "1")) == 0
+        assert f"{len(kept)} of 12 shards already built" in capsys.readouterr().err
+        assert {n: (out / n).stat().st_ino for n in kept} == kept
+        assert dir_bytes(out) == dir_bytes(clean)
+
+
 def one_file_corpus(tmp_path: Path, wave: np.ndarray, rate: int = 16000,
                     subtype: str = "FLOAT") -> tuple[Path, list[str]]:
     audio = tmp_path / "audio"
@@ -238,14 +323,32 @@ def one_file_corpus(tmp_path: Path, wave: np.ndarray, rate: int = 16000,
                              "--audio-dir", str(audio), "--no-progress"]
 
 
-@pytest.mark.parametrize("flag", ["--transcode=flac16k", "--decode-check"])
-def test_nan_audio_is_named_exit_2(tmp_path, capsys, flag):
+@pytest.mark.parametrize("flags", [[], ["--transcode=flac16k"], ["--decode-check"],
+                                   ["--transcode=flac16k", "--no-finite-check"]])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_audio_is_named_exit_2(tmp_path, capsys, flags, bad):
     wave = np.full(1600, 0.1, np.float32)
-    wave[7] = np.nan
+    wave[7] = bad
     src, args = one_file_corpus(tmp_path, wave)
-    assert main([*args, "--out", str(tmp_path / "o"), flag]) == 2
+    assert main([*args, "--out", str(tmp_path / "o"), *flags]) == 2
     err = capsys.readouterr().err
-    assert f"corrupt audio: {src} holds non-finite samples" in err and "Traceback" not in err
+    assert err == f"sccl-shards: error: shard list-000000.tar: corrupt audio: {src} holds " \
+        "non-finite samples (NaN or inf)\n"
+    assert not (tmp_path / "o" / MANIFEST).exists()
+
+
+def test_no_finite_check_keeps_nan_audio_and_verify_decode_counts_it(tmp_path, capsys):
+    wave = np.full(1600, 0.1, np.float32)
+    wave[[3, 7]] = np.nan, np.inf
+    _, args = one_file_corpus(tmp_path, wave)
+    out = tmp_path / "o"
+    assert main([*args, "--out", str(out), "--no-finite-check"]) == 0
+    assert main(["verify", str(out), "--no-progress"]) == 0  # hashes only: nothing decoded
+    capsys.readouterr()
+    assert main(["verify", str(out), "--decode", "--no-progress"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "list-000000.tar: x.wav: decoded audio holds 2 non-finite value(s) (NaN or inf)",
+        f"{out}: 1 problem(s)"]
 
 
 def test_empty_audio_is_rejected_at_build_time(tmp_path, capsys):
@@ -282,3 +385,41 @@ def test_entries_of_an_older_builder_are_rebuilt_not_trusted(la19_corpus, tmp_pa
     m = build(opts(la19_corpus, out, shard_size=5))
     assert calls == ["train-000001.tar", "train-000002.tar"]
     assert m["subsets"] == {"train": {"bonafide": 4, "spoof": 8}}
+
+
+class _CreatesAFile:
+    """Unpickling this calls open(path, "w"): a pickle member that would run code."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_hostile_tar_members_are_read_as_bytes_never_written_or_unpickled(la19_corpus,
+                                                                          tmp_path):
+    from sccl.data_shards import iter_shard, load_shard_set
+
+    out = tmp_path / "out"
+    build(opts(la19_corpus, out, shard_size=6))
+    shard, ran = out / "train-000000.tar", tmp_path / "unpickled"
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    key = members[0][0].split(".")[0]
+    members[2:2] = [(f"{key}.pyd", pickle.dumps(_CreatesAFile(ran))),
+                    ("../escaped.flac", members[0][1])]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            add_member(tar, name, data)
+        link = tarfile.TarInfo("linked.flac")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    problems = verify(out, decode=True, progress=False)
+    assert f"train-000000.tar: {key}: expected one audio member and one .json, found " \
+        "['flac', 'json', 'pyd']" in problems
+    assert "train-000000.tar: size/sha256 differ from manifest.json" in problems
+    items = [it for s in load_shard_set(str(out)).shards for _, it in iter_shard(s)]
+    assert [it.key for it in items if it.error] == ["../escaped"]  # no .json with it
+    assert len([it for it in items if it.audio and it.meta]) == 12  # the .pyd is ignored
+    assert not ran.exists() and not (tmp_path / "escaped.flac").exists()

@@ -13,6 +13,7 @@ import pytest
 
 import shards
 from shards.cli import byte_size, main, make_parser
+from tests.mounts import read_only
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,6 +76,42 @@ def test_verify_finds_corruption_missing_and_extra_shards(la19_corpus, tmp_path,
     assert "train-000002.tar: missing" in lines
     assert "stray-000000.tar: .tar file not listed in manifest.json" in lines
     assert lines[-1].endswith("problem(s)") and len(manifest["shards"]) == 4
+
+
+def test_verify_never_opens_a_shard_named_outside_the_dir(la19_corpus, tmp_path, capsys):
+    out = tmp_path / "shards"
+    build_cli(la19_corpus, out, "--shard-size", "6")
+    (tmp_path / "victim.tar").write_bytes(b"")
+    (tmp_path / "secret.tar").write_bytes(b"")
+    m = json.loads((out / "manifest.json").read_text())
+    m["shards"][0]["name"] = "../victim.tar"
+    m["shards"][1]["name"] = "link.tar"
+    (out / "link.tar").symlink_to(tmp_path / "secret.tar")
+    (out / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["verify", str(out), "--no-progress"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "manifest.json: shards[0] '../victim.tar' is a path, not a bare file name; not opened",
+        f"manifest.json: shards[1] 'link.tar' is a symlink leading out of {out} (to "
+        f"{tmp_path / 'secret.tar'}); not opened"]
+    assert not any("victim" in line or "secret" in line for line in lines[2:])
+    from sccl.data_shards import ShardDirError, load_shard_set  # the training loader too
+
+    with pytest.raises(ShardDirError, match=r"shards\[0\] has a bad label, count or name"):
+        load_shard_set(str(out))
+
+
+def test_synth_into_a_read_only_place_is_one_line(tmp_path, capsys):
+    pytest.importorskip("shards.synth")
+    place = tmp_path / "ro"
+    place.mkdir()
+    with read_only(place):
+        for out in (place, place / "new"):
+            assert main(["synth", "--out", str(out), "--size", "tiny"]) == 2
+            assert capsys.readouterr().err == \
+                f"sccl-shards: error: {out / 'synth.json'}: read-only file system\n"
+    assert os.listdir(place) == []
 
 
 def test_bad_input_is_one_message_exit_2_no_traceback(la19_corpus, tmp_path):
