@@ -34,6 +34,7 @@ import numpy as np
 import soundfile as sf
 
 from sccl.fileio import atomic_write_json, atomic_write_text
+from shards.errors import ShardsError
 from shards.synth_attacks import Utterance, apply_attack
 from shards.synth_channel import df_compression, la21_channel, wild_channel
 from shards.synth_dsp import SR, normalise
@@ -154,21 +155,21 @@ def _render_all(out: Path, rows: list[Row], seed: int, workers: int) -> dict[str
 def _prepare(out: Path, params: dict) -> None:
     """Refuse an ``out`` holding anything but a synthetic corpus made with ``params``."""
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"synth: {out} exists and is not a directory")
+        raise ShardsError(f"synth: {out} exists and is not a directory")
     marker = out / MARKER
     if out.is_dir() and any(out.iterdir()):
         if not marker.is_file():
             found = sorted(p.name for p in out.iterdir())[:5]
-            raise FileExistsError(
+            raise ShardsError(
                 f"synth: {out} is not empty and holds no {MARKER} (found {found}); "
                 "give an empty or new directory")
         try:
             old = json.loads(marker.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise FileExistsError(
+            raise ShardsError(
                 f"synth: {marker} is unreadable ({err}); refusing to overwrite") from err
         if old.get("generator") != GENERATOR or old.get("params") != params:
-            raise FileExistsError(
+            raise ShardsError(
                 f"synth: {out} holds a synthetic corpus made with {old.get('params')}, "
                 f"not {params}; give another directory")
     atomic_write_json(marker, {"generator": GENERATOR, "params": params, "complete": False})

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from sccl.asv import read_asv_scores
+from shards.errors import ShardsError
 from shards.synth import MARKER, generate
 from shards.synth_attacks import ATTACKS, EVAL_ATTACKS, TRAIN_ATTACKS, Utterance, apply_attack
 from shards.synth_channel import DF_CODECS, LA21_CODECS, df_compression, la21_channel
@@ -203,16 +204,16 @@ def test_rerun_resumes_and_foreign_dirs_are_refused(tmp_path):
     assert (second["generated"], second["skipped"]) == (1, first["num_files"] - 1)
     assert victim.read_bytes() == original and (out / "keys/DF/CM/trial_metadata.txt").is_file()
     assert second["datasets"] == first["datasets"]
-    with pytest.raises(FileExistsError, match="seed"):
+    with pytest.raises(ShardsError, match="seed"):
         generate(out, size="tiny", seed=4)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="notes.txt"):
+    with pytest.raises(ShardsError, match="notes.txt"):
         generate(foreign, size="tiny")
     (tmp_path / "bad_marker").mkdir()
     (tmp_path / "bad_marker" / MARKER).write_text("{not json")
-    with pytest.raises(FileExistsError, match="unreadable"):
+    with pytest.raises(ShardsError, match="unreadable"):
         generate(tmp_path / "bad_marker", size="tiny")
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
 
