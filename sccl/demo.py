@@ -140,7 +140,8 @@ def stage2_done(run: Path) -> bool:
         load_stage2(run)
     except (RunMismatchError, OSError, ValueError):
         return False
-    return (run / "export" / "config.json").is_file()
+    export = run / "export"  # an export older than its integrity record is made again
+    return (export / "config.json").is_file() and (export / "integrity.json").is_file()
 
 
 def eval_done(run: Path, names: list[str]) -> bool:

@@ -27,7 +27,11 @@ Padding: with the attention mask, a padded wave gives the same z as alone, excep
 data2vec-audio, whose 5 stacked positional convolutions carry the zero padding into the valid
 frames next to it (transformers' model: cosine > 0.9 to the unpadded z, not 1).
 `SupConModel.save_pretrained(dir)` writes the weights and both configs (the encoder's with its
-model_type), so a run directory loads with `SupConModel.from_pretrained(dir)` without the hub.
+model_type), so a run directory loads with `SupConModel.from_pretrained(dir)` without the hub,
+and `integrity.json`: the size and sha256 of every file it wrote. `from_pretrained` checks
+them when the record is there (a changed or damaged file is one `ModelLoadError` naming it);
+directories saved before it had one load unchecked, as before. The export of Stage 2
+(sccl/scoring.py) uses the same record (`write_record`, `check_record`).
 
 transformers is imported only when an encoder is built: importing this module (as every entry
 script does before parsing its arguments, and `--help`) stays cheap.
@@ -39,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -49,7 +54,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from sccl.fileio import atomic_write_bytes, atomic_write_json, read_json_object
+from sccl.fileio import atomic_write_bytes, atomic_write_json, file_sha256, read_json_object
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -59,6 +64,7 @@ Aggregation = Literal["mean_all", "last", "weighted"]
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 CONFIG_NAME = "model_config.json"
 WEIGHTS_NAME = "model.safetensors"
+RECORD_NAME = "integrity.json"  # not manifest.json: that name marks shard and checkpoint dirs
 FORMAT_VERSION = 1
 # Present only when SpecAugment masking is on (mask_*_prob > 0): tolerated when absent/extra.
 _OPTIONAL_KEYS = frozenset({"encoder.masked_spec_embed"})
@@ -530,7 +536,8 @@ class SupConModel(nn.Module):
         config with its model_type, so the directory loads without the hub), each atomically.
         ``state_dict``: the weights to write instead of ``self.state_dict()``, for a sharded
         model (ZeRO-3, FSDP) whose own parameters are shards: the full one gathered by
-        Accelerate's ``get_state_dict``."""
+        Accelerate's ``get_state_dict``. ``integrity.json`` records the size and sha256 of both
+        (files added later, as ``info.json`` by sccl/checkpoint.py, are not in it)."""
         directory = Path(directory)
         if state_dict is None:
             state_dict = self.state_dict()
@@ -538,23 +545,31 @@ class SupConModel(nn.Module):
             diff = sorted(state_dict.keys() ^ self.state_dict().keys())
             raise ValueError(f"save_pretrained: state_dict keys differ from the model's: {diff[:5]}")
         tensors, aliases = _dedupe_shared(state_dict)
-        save_tensors(directory / WEIGHTS_NAME, tensors, {"aliases": json.dumps(aliases)})
-        atomic_write_json(directory / CONFIG_NAME, {
+        weights = directory / WEIGHTS_NAME
+        sha = save_tensors(weights, tensors, {"aliases": json.dumps(aliases)})
+        config = json_bytes({
             "format_version": FORMAT_VERSION,
             "model_config": dataclasses.asdict(self.cfg),
             "encoder_config": self.encoder.config.to_dict(),
         })
+        write_record(directory, {WEIGHTS_NAME: (weights.stat().st_size, sha),
+                                 CONFIG_NAME: (len(config), hashlib.sha256(config).hexdigest())})
+        atomic_write_bytes(directory / CONFIG_NAME, config)  # last, as before the record
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> SupConModel:
         """Rebuild from a save_pretrained directory (CPU, no hub). `overrides` replace
         ModelConfig fields that leave the weights' shapes alone (gradient_checkpointing,
-        attn_implementation, head_dropout, ...; not encoder, aggregation, proj_dim)."""
+        attn_implementation, head_dropout, ...; not encoder, aggregation, proj_dim). Every file
+        that ``integrity.json`` lists must have its recorded size and sha256."""
         directory = Path(directory)
         fixed = sorted(set(overrides) & {"encoder", "aggregation", "proj_dim"})
         if fixed:
             raise ValueError(f"from_pretrained cannot override {fixed}: they define the weights")
+        if (directory / RECORD_NAME).is_file():  # older directories have none: unchecked
+            check_record(directory, (CONFIG_NAME, WEIGHTS_NAME), ModelLoadError,
+                         "restore the directory from a copy or save it again")
         meta = _read_model_config(directory / CONFIG_NAME)
         try:
             cfg = ModelConfig(**meta["model_config"])
@@ -606,6 +621,79 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     blob = safetensors_save(cpu, metadata={"format": "pt", **metadata})
     atomic_write_bytes(path, blob)
     return hashlib.sha256(blob).hexdigest()
+
+
+# ------------------------------------------------------------------ integrity record
+
+
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the JSON text sccl writes (indented, newline at the end), encoded: the
+    bytes that are written and hashed."""
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def write_record(directory: Path, files: dict[str, tuple[int, str]]) -> None:
+    """``integrity.json``: ``{"format": 1, "files": {name: {"size", "sha256"}}}`` for the
+    files of ``directory`` given as name -> (size, sha256), computed by the writer from the
+    bytes it wrote. The same shape as a Stage 1 checkpoint's manifest.json."""
+    atomic_write_json(directory / RECORD_NAME, {"format": 1, "files": {
+        name: {"size": size, "sha256": sha} for name, (size, sha) in sorted(files.items())}})
+
+
+def check_record(directory: Path, required: tuple[str, ...], error: type[Exception],
+                 fix: str) -> None:
+    """Raise ``error`` (one line naming the file, then ``fix``) unless ``integrity.json``
+    lists every name in ``required`` and every file it lists has its recorded size and
+    sha256. Files it does not list are not checked: no loader reads them, and copies
+    gather such files (a hub download's .gitattributes and .cache/)."""
+    path = directory / RECORD_NAME
+    files = _record_files(path, error)
+    for name in required:
+        if name not in files:
+            raise error(f"{path}: does not list {name}; {fix}")
+    for name, (size, sha) in files.items():
+        problem = _file_problem(directory / name, size, sha)
+        if problem:
+            raise error(f"{directory / name}: {problem}; {fix}")
+
+
+def _record_files(path: Path, error: type[Exception]) -> dict[str, tuple[int, str]]:
+    """name -> (size, sha256) of a well-formed record; names are plain file names, so a
+    hostile record cannot point the check at a file outside the directory (/dev/zero)."""
+    data = read_json_object(path, error, "written by save_pretrained")
+    files = data.get("files")
+    if set(data) != {"format", "files"} or data["format"] != 1 or not isinstance(files, dict):
+        raise error(f"{path}: not an integrity record ({{\"format\": 1, \"files\": {{...}}}})")
+    out = {}
+    for name, entry in files.items():
+        if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+            raise error(f"{path}: {name!r} is not a file name in this directory")
+        if not (isinstance(entry, dict) and set(entry) == {"size", "sha256"}
+                and type(entry["size"]) is int and entry["size"] >= 0
+                and isinstance(entry["sha256"], str)
+                and re.fullmatch("[0-9a-f]{64}", entry["sha256"])):
+            raise error(f"{path}: entry {name!r} must be {{\"size\": bytes, \"sha256\": 64 "
+                        "hex digits}")
+        out[name] = (entry["size"], entry["sha256"])
+    return out
+
+
+def _file_problem(path: Path, size: int, sha: str) -> str | None:
+    """What is wrong with ``path`` against its recorded size and sha256 (size first: cheap,
+    and no file of another length is read), or None."""
+    if not path.is_file():
+        return f"missing, but listed in {RECORD_NAME}"
+    try:
+        actual = path.stat().st_size
+        if actual != size:
+            return (f"{actual} bytes, {size} recorded in {RECORD_NAME}: changed or truncated "
+                    "since it was saved")
+        if file_sha256(path) != sha:
+            return (f"sha256 differs from the one recorded in {RECORD_NAME}: changed or "
+                    "damaged since it was saved")
+    except OSError as err:
+        return f"cannot read: {err.strerror or err}"
+    return None
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, str]]:

@@ -3,6 +3,12 @@
     sccl-score --run RUN PATHS... [--out scores.tsv]     # RUN: a run dir or RUN/export
     -> TSV with a header: path <TAB> score <TAB> decision ("bonafide" | "spoof") <TAB> llr
 
+A path holding a tab, a line break or a double quote is written in double quotes with each
+double quote doubled (the CSV convention; Python's ``csv.reader(f, delimiter="\\t")`` on a
+file opened with ``newline=""`` and ``pandas.read_csv(sep="\\t")`` give the name back); other
+paths are written as they are, bytes that are not UTF-8 included (as the file system holds
+them).
+
 PATHS may be audio files (anything soundfile reads, any sample rate: resampled; stereo:
 downmixed), directories (searched recursively for audio files) or shard directories
 (``manifest.json``; each sample is reported as ``<shard tar>/<member>``). The score is the
@@ -11,15 +17,25 @@ by Stage 2 (EER threshold, bona fide if score > threshold). The llr column is th
 log-likelihood ratio: the run's calibrated LLR where ``sccl.evaluate --eval.calibrate dev``
 stored one, else the logit minus Stage 2's training prior log-odds (sccl/linear.py). Long
 files are scored as the mean over windows of the Stage 2 crop length (``--crop windows``, the
-default). An input that cannot be read is reported on stderr (one line naming it) and the
-others are still scored; the exit code is then 1 (``--strict``: stop at the first, no TSV).
+default); a window needs one encoder frame's receptive field (400 samples, 0.025 s at
+16 kHz, for every preset and published checkpoint) and a hop at least one frame (320 samples,
+0.02 s). A clip under a tenth of the window is scored with a warning naming it. An input
+that cannot be read is reported on stderr (one line naming it) and the others are still
+scored; the exit code is then 1 (``--strict``: stop at the first, no TSV). ``--out`` is
+tried before scoring (a read-only or forbidden place: exit 2 at once); if writing it fails
+at the end (a full disk), the TSV goes to stdout instead and the exit code is 3.
 
 ``SpoofDetector`` holds encoder, projection head and classifier. ``save_pretrained(dir)``
-writes a Hugging Face style directory (config.json with the wav2vec2 config inside and the
-sha256 of the weights, and model.safetensors), so ``SpoofDetector.from_pretrained(dir)`` needs
-neither the hub nor the run directory. Stage 2 writes one to ``RUN/export/``. Loading checks
-everything before any weight is used: the hash, every key and shape, the config's fields and
-types, finite weights and threshold; a problem is one ``ScoringError`` naming file and key.
+writes a Hugging Face style directory of data only, no code: config.json (with the wav2vec2
+config inside), model.safetensors and integrity.json (size and sha256 of every other file),
+so ``SpoofDetector.from_pretrained(dir)`` needs neither the hub nor the run directory. Stage
+2 writes one to ``RUN/export/``. Loading checks everything before any weight is used: every
+file the record lists (config.json and model.safetensors must be among them; unlisted files
+are never read), every key and shape, the config's fields and types, finite weights and
+threshold; a problem is one ``ScoringError`` naming file and key. Exports of format 1 and 2
+(no record covering config.json) are refused with the command that writes them again. A
+hash finds changes and damage, not a forger who rewrites the record as well: that would
+need a signature.
 ``score_array(wave, sample_rate)`` and ``score_file(path)`` score one utterance from Python.
 """
 
@@ -27,11 +43,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import numbers
+import os
 import re
 import sys
 import tarfile
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,14 +63,29 @@ from torch import nn
 
 from sccl.config import ConfigError, from_dict
 from sccl.embed import EmbedOptions, embed_waves
-from sccl.fileio import atomic_open, atomic_write_json, file_sha256, read_json_object
+from sccl.fileio import atomic_write_bytes, read_json_object, storage_problem
 from sccl.linear import RunMismatchError, linear_scores, llr_map, load_stage2
-from sccl.model import ModelConfig, ModelLoadError, SupConModel, read_weights, save_tensors
+from sccl.model import (
+    RECORD_NAME,
+    ModelConfig,
+    ModelLoadError,
+    SupConModel,
+    check_record,
+    json_bytes,
+    read_weights,
+    save_tensors,
+    write_record,
+)
 
 EXPORT_FORMAT = "sccl-spoof-detector"
-EXPORT_VERSION = 2  # 2: config.json records weights_sha256 (1 had no hash: refused)
+# 3: integrity.json covers every file (2: config.json held the weights' sha256 only; 1: no
+# hash). 1 and 2 are refused with the command that writes the export again.
+EXPORT_VERSION = 3
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+REEXPORT = ("export it again from its run: python -c \"from sccl.scoring import export_run; "
+            "export_run('RUN')\"")
+FAR_SHORTER = 10  # a clip under 1/10 of the window is scored with a warning
 # config.json fields: name -> check of the value (model_config is checked as a ModelConfig)
 _FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "model_type": ("the string " + repr(EXPORT_FORMAT), lambda v: v == EXPORT_FORMAT),
@@ -60,8 +96,6 @@ _FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "threshold": ("a finite number", lambda v: _is_number(v) and math.isfinite(v)),
     "sample_rate": ("a positive integer", lambda v: _is_int(v) and v > 0),
     "seconds": ("a finite number > 0", lambda v: _is_number(v) and math.isfinite(v) and v > 0),
-    "weights_sha256": ("64 hex digits", lambda v: isinstance(v, str)
-                       and re.fullmatch("[0-9a-f]{64}", v) is not None),
     "score": ("a string", lambda v: isinstance(v, str)),
 }
 # Optional config.json fields (absent in exports written before them): checked when present.
@@ -147,36 +181,41 @@ class SpoofDetector(nn.Module):
                    calibrated=cal is not None)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors (every tensor copied: no shared storage); the
-        weights' sha256 goes into config.json. Non-finite weights are refused."""
+        """model.safetensors (every tensor copied: no shared storage), integrity.json (size
+        and sha256 of it and of config.json), config.json. Non-finite weights are refused.
+        A file added to the export later (a README.md model card) must go into the record."""
         directory = Path(directory)
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
         _check_finite(state, f"export to {directory}")
         weights_sha256 = save_tensors(directory / WEIGHTS, state, {})
-        atomic_write_json(directory / CONFIG, {  # last: a directory with it is complete
+        config = json_bytes({
             "model_type": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
             "model_config": dataclasses.asdict(self.model.cfg),
             "encoder_config": self.model.encoder.config.to_dict(),
             "proj_dim": self.classifier.in_features, "threshold": self.threshold,
             "sample_rate": self.sample_rate, "seconds": self.seconds,
-            "weights_sha256": weights_sha256,
             "score": "logit of Linear(z); higher = bona fide; bona fide if score > threshold",
             "llr": {"scale": self.llr_map[0], "offset": self.llr_map[1],
                     "calibrated": self.calibrated},  # LLR = scale * score + offset
         })
+        write_record(directory, {
+            WEIGHTS: ((directory / WEIGHTS).stat().st_size, weights_sha256),
+            CONFIG: (len(config), hashlib.sha256(config).hexdigest())})
+        atomic_write_bytes(directory / CONFIG, config)  # last: a directory with it is complete
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SpoofDetector:
         """Load a ``save_pretrained`` directory (CPU; move it with ``.to(device)``).
 
-        Raises ScoringError (one line naming the file and key) unless config.json is complete
-        and well-typed, model.safetensors has the sha256 recorded at export, and its tensors
-        are exactly the model's keys with the model's shapes, all finite."""
+        Raises ScoringError (one line naming the file and key) unless every file listed in
+        integrity.json (config.json and model.safetensors among them) has the size and sha256
+        recorded at export, config.json is complete and well-typed, and the tensors are
+        exactly the model's keys with the model's shapes, all finite."""
         directory = Path(directory)
+        _check_export_files(directory)
         cfg = _read_export_config(directory / CONFIG)
         weights = directory / WEIGHTS
-        _check_hash(weights, cfg["weights_sha256"])
         det = _build_detector(cfg, directory / CONFIG)
         try:
             state = read_weights(weights)
@@ -201,35 +240,72 @@ class SpoofDetector(nn.Module):
 
     def options(self, crop: str = "windows", seconds: float | None = None,
                 hop_seconds: float | None = None, batch_size: int = 8) -> EmbedOptions:
-        """sccl-score's embedding options: windows of the Stage 2 crop length by default."""
-        return EmbedOptions(crop=crop, seconds=seconds or self.seconds,
-                            hop_seconds=hop_seconds or 0.0, batch_size=max(1, batch_size))
+        """sccl-score's embedding options: windows of the Stage 2 crop length by default.
+        ValueError (one line) for a window under one encoder frame's receptive field or a
+        hop under one frame: the encoder refuses the first, the second only repeats work."""
+        for name, value in (("seconds", seconds), ("hop_seconds", hop_seconds)):
+            if value is not None and not (isinstance(value, numbers.Real)
+                                          and not isinstance(value, bool)
+                                          and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        opts = EmbedOptions(crop=crop,
+                            seconds=self.seconds if seconds is None else float(seconds),
+                            hop_seconds=float(hop_seconds or 0.0), batch_size=max(1, batch_size))
+        if crop != "full":
+            self._check_window(opts)
+        return opts
+
+    def _check_window(self, opts: EmbedOptions) -> None:
+        rate, field = self.sample_rate, self.model.receptive_field
+        frame = math.prod(self.model.encoder.config.conv_stride)  # samples per frame
+        if round(opts.seconds * rate) < field:
+            raise ValueError(f"seconds (--seconds) {opts.seconds:g} is under one encoder "
+                             f"frame's receptive field: use >= {field / rate:g} ({field} "
+                             f"samples at {rate} Hz)")
+        if opts.hop_seconds and round(opts.hop_seconds * rate) < frame:
+            raise ValueError(f"hop_seconds (--hop-seconds) {opts.hop_seconds:g} is under one "
+                             f"encoder frame: use >= {frame / rate:g} ({frame} samples at "
+                             f"{rate} Hz), or 0 for half the window")
 
     def score_array(self, wave, sample_rate: int, **options) -> Verdict:
         """Score one utterance given as numbers: ``wave`` (T,) mono or (T, C) channels last
-        (as ``soundfile.read`` returns; channels are averaged), float in [-1, 1] or integer PCM
-        (scaled by its type's range), at any ``sample_rate`` (resampled). ``options``: crop,
-        seconds, hop_seconds (as sccl-score's flags). Raises ValueError on unusable input."""
+        (as ``soundfile.read`` returns; channels are averaged), float in [-1, 1], signed
+        integer PCM (scaled by its type's range) or uint8 (8-bit WAV: offset binary, 128 =
+        silence), at any integer ``sample_rate`` (resampled). ``options``: crop, seconds,
+        hop_seconds (as sccl-score's flags). Raises ValueError on unusable input; warns
+        (``warnings.warn``) when the wave is under a tenth of the window."""
         x = _as_mono(wave)
-        if not _is_int(sample_rate) or sample_rate <= 0:
+        if not isinstance(sample_rate, numbers.Integral) or isinstance(sample_rate, bool) \
+                or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
         from sccl.audio import resample
 
-        w = resample(torch.from_numpy(x), sample_rate, self.sample_rate)
-        return self._verdict(_pad_to(w, self.model.receptive_field), options)
+        w = resample(torch.from_numpy(x), int(sample_rate), self.sample_rate)
+        return self._verdict("the wave", w, options)
 
     def score_file(self, path: str | Path, **options) -> Verdict:
         """Score one audio file exactly as sccl-score does; ScoringError names an unreadable
-        file. ``options`` as in ``score_array``."""
+        file. ``options`` and the warning as in ``score_array``."""
         name, data = _read(Path(path))
         if isinstance(data, ScoringError):
             raise data
-        return self._verdict(_decode(name, data, self.sample_rate, self.model.receptive_field),
-                             options)
+        return self._verdict(name, _decode(name, data, self.sample_rate), options)
 
-    def _verdict(self, w: torch.Tensor, options: dict) -> Verdict:
-        s = float(self.score(w[None], torch.ones(1, w.shape[0], dtype=torch.long),
-                             self.options(**options))[0])
+    def short_clip(self, name: str, samples: int, opts: EmbedOptions) -> str | None:
+        """A warning when a clip of ``samples`` is under a tenth of the window: its score rests
+        on far less audio than a window holds (a rule of thumb, not a measured limit)."""
+        if opts.crop == "full" or samples * FAR_SHORTER >= opts.seconds * self.sample_rate:
+            return None
+        return (f"{name}: {samples / self.sample_rate:.3g} s, under a tenth of the "
+                f"{opts.seconds:g} s window: its score rests on little audio")
+
+    def _verdict(self, name: str, w: torch.Tensor, options: dict) -> Verdict:
+        opts = self.options(**options)
+        note = self.short_clip(name, w.shape[0], opts)
+        if note:
+            warnings.warn(note, stacklevel=3)
+        w = _pad_to(w, self.model.receptive_field)
+        s = float(self.score(w[None], torch.ones(1, w.shape[0], dtype=torch.long), opts)[0])
         probability = 0.5 * (1.0 + math.tanh(s / 2))  # = sigmoid(s), no overflow
         return Verdict(s, probability, "bonafide" if s > self.threshold else "spoof",
                        float(self.llr(np.array([s]))[0]))
@@ -243,10 +319,13 @@ def _as_mono(wave) -> np.ndarray:
                          "(channels last, as soundfile.read returns), e.g. wave.T")
     if x.ndim not in (1, 2) or x.size == 0:
         raise ValueError(f"wave must be (T,) or (T, C) with samples, got shape {x.shape}")
-    if np.issubdtype(x.dtype, np.integer):
+    if x.dtype == np.uint8:  # 8-bit WAV PCM is offset binary: 128 is silence
+        x = (x.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(x.dtype, np.signedinteger):
         x = x / float(-np.iinfo(x.dtype).min)  # int16: / 32768, as soundfile does
     elif not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"wave must hold numbers, got dtype {x.dtype}")
+        raise ValueError(f"wave dtype {x.dtype} is not supported: pass float in [-1, 1], "
+                         "signed integer PCM (int16, int32) or uint8 (8-bit WAV)")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise ValueError("wave holds NaN or Inf")
@@ -261,6 +340,28 @@ def _pad_to(wave: torch.Tensor, min_len: int) -> torch.Tensor:
 # ------------------------------------------------------------------------ export checks
 
 
+def _check_export_files(directory: Path) -> None:
+    """Every file integrity.json lists has its recorded size and sha256, and config.json and
+    model.safetensors are listed; an export of format 1 or 2 (no record) is told apart."""
+    if not (directory / RECORD_NAME).is_file():
+        version = _peek_version(directory / CONFIG)
+        if version in (1, 2):
+            raise ScoringError(f"{directory / CONFIG}: export format {version} has no "
+                               f"{RECORD_NAME} covering {CONFIG}; {REEXPORT}")
+        raise ScoringError(f"{directory / RECORD_NAME}: missing; an export directory holds "
+                           f"{RECORD_NAME}, {CONFIG} and {WEIGHTS} "
+                           f"(SpoofDetector.save_pretrained); {REEXPORT}")
+    check_record(directory, (CONFIG, WEIGHTS), ScoringError, REEXPORT)
+
+
+def _peek_version(path: Path) -> object:
+    """config.json's format_version, or None: only to name an old export in an error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _read_export_config(path: Path) -> dict:
     """config.json of an export, every field present and of the right type."""
     cfg = read_json_object(path, ScoringError, f"an export directory holds {CONFIG} and "
@@ -268,10 +369,9 @@ def _read_export_config(path: Path) -> dict:
     if cfg.get("model_type") != EXPORT_FORMAT:
         raise ScoringError(f"{path}: not an sccl detector export (model_type must be "
                            f"{EXPORT_FORMAT!r})")
-    if cfg.get("format_version") == 1:
-        raise ScoringError(f"{path}: export format 1 records no weights hash; export it again "
-                           "from its run: python -c \"from sccl.scoring import export_run; "
-                           "export_run('RUN')\"")
+    if cfg.get("format_version") in (1, 2):
+        raise ScoringError(f"{path}: export format {cfg['format_version']} is no longer read; "
+                           f"{REEXPORT}")
     unknown = sorted(set(cfg) - set(_FIELDS) - set(_OPTIONAL))
     if unknown:
         raise ScoringError(f"{path}: unknown key {unknown[0]!r}")
@@ -281,17 +381,6 @@ def _read_export_config(path: Path) -> dict:
         if key in cfg and not ok(cfg[key]):
             raise ScoringError(f"{path}: {key} must be {what}")
     return cfg
-
-
-def _check_hash(weights: Path, expected: str) -> None:
-    try:
-        actual = file_sha256(weights)
-    except OSError as err:
-        raise ScoringError(f"{weights}: cannot read: {err.strerror or _one_line(err)}") from None
-    if actual != expected:
-        raise ScoringError(f"{weights}: sha256 {actual[:16]}... differs from the "
-                           f"{expected[:16]}... recorded in {CONFIG} at export: the weights were "
-                           "changed or damaged since; export them again")
 
 
 def _build_detector(cfg: dict, path: Path) -> SpoofDetector:
@@ -333,7 +422,7 @@ def _check_state(path: Path, state: dict[str, torch.Tensor],
 def load_detector(path: str | Path) -> SpoofDetector:
     """A run directory (stage1 + stage2) or an export directory (config.json)."""
     path = Path(path)
-    if (path / CONFIG).is_file():
+    if (path / CONFIG).is_file() or (path / RECORD_NAME).is_file():
         return SpoofDetector.from_pretrained(path)
     if not path.is_dir():
         raise ScoringError(f"--run {path}: not a directory")
@@ -404,7 +493,7 @@ def _iter_shard_dir(shard_dir: Path) -> Iterator[Input]:
             yield str(tar_path), ScoringError(f"{tar_path}: unreadable shard: {_one_line(err)}")
 
 
-def _decode(name: str, data: bytes, sample_rate: int, min_len: int) -> torch.Tensor:
+def _decode(name: str, data: bytes, sample_rate: int) -> torch.Tensor:
     from sccl.audio import AudioDecodeError, decode
 
     try:
@@ -413,14 +502,17 @@ def _decode(name: str, data: bytes, sample_rate: int, min_len: int) -> torch.Ten
         raise ScoringError(f"{name}: {_one_line(err)}") from None
     if wave.numel() == 0:
         raise ScoringError(f"{name}: no audio samples")
-    return _pad_to(wave, min_len)
+    return wave
 
 
 def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions, batch_size: int = 8,
-                on_error: Callable[[ScoringError], None] | None = None
-                ) -> Iterator[tuple[str, float, str]]:
-    """(name, score, decision) for every readable input, in input order, ``batch_size`` files
-    at once. An unreadable input goes to ``on_error`` (default: raise its ScoringError)."""
+                on_error: Callable[[ScoringError], None] | None = None,
+                on_warning: Callable[[str], None] | None = None
+                ) -> Iterator[tuple[str, float, str, float]]:
+    """(name, score, decision, llr) for every readable input, in input order, ``batch_size``
+    files at once. An unreadable input goes to ``on_error`` (default: raise its
+    ScoringError); a clip under a tenth of the window to ``on_warning`` (default:
+    ``warnings.warn``)."""
     from sccl.audio import collate
 
     batch: list[tuple[str, torch.Tensor]] = []
@@ -438,12 +530,16 @@ def score_paths(det: SpoofDetector, paths: list[str], opts: EmbedOptions, batch_
         try:
             if isinstance(data, ScoringError):
                 raise data
-            batch.append((name, _decode(name, data, det.sample_rate, rf)))
+            wave = _decode(name, data, det.sample_rate)
         except ScoringError as err:
             if on_error is None:
                 raise
             on_error(err)
             continue
+        note = det.short_clip(name, wave.shape[0], opts)
+        if note:
+            (on_warning or warnings.warn)(note)
+        batch.append((name, _pad_to(wave, rf)))
         if len(batch) == batch_size:
             yield from flush()
     if batch:
@@ -457,8 +553,14 @@ the score exceeds the dev-set EER threshold fixed by Stage 2, else "spoof"; llr 
 as a log-likelihood ratio (calibrated if sccl.evaluate --eval.calibrate dev was run).
 Inputs: audio files of any format, rate and channel count, directories (searched
 recursively) and shard directories. An unreadable input is reported on stderr and the rest
-are still scored.
-Exit codes: 0 all scored, 1 some input unreadable, 2 bad options or model."""
+are still scored; so is a clip under a tenth of the window (a warning).
+A path holding a tab, a line break or a double quote is written in double quotes with each
+double quote doubled (CSV quoting: Python's csv.reader(f, delimiter="\\t") and
+pandas.read_csv(sep="\\t") give it back); other paths are written as they are.
+--out is tried before scoring: a place that cannot be written stops at once (exit 2); if
+writing fails at the end (a full disk), the TSV goes to stdout instead (exit 3).
+Exit codes: 0 all scored, 1 some input unreadable, 2 bad options or model, 3 --out could
+not be written (the scores went to stdout)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -466,22 +568,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run directory (stage1 + stage2) or RUN/export")
     p.add_argument("paths", nargs="+", help="audio files, directories, shard directories")
-    p.add_argument("--out", help="write the TSV here (atomically) instead of stdout")
+    p.add_argument("--out", help="write the TSV here (atomically) instead of stdout; if that "
+                                 "fails after scoring, the TSV goes to stdout (exit 3)")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable input and write no TSV")
     p.add_argument("--crop", choices=("windows", "first", "full"), default="windows",
                    help="windows: mean over windows (default); first: first --seconds only; "
                         "full: the whole file at once")
     p.add_argument("--seconds", type=float, default=None,
-                   help="window / crop length (default: the Stage 2 crop length)")
-    p.add_argument("--hop-seconds", type=float, default=None, help="window hop (default: half)")
+                   help="window / crop length (default: the Stage 2 crop length); at least "
+                        "one encoder frame's receptive field (0.025 at 16 kHz)")
+    p.add_argument("--hop-seconds", type=float, default=None,
+                   help="window hop (default: half the window); at least one encoder frame "
+                        "(0.02 at 16 kHz)")
     p.add_argument("--batch-size", type=int, default=8, help="files per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 0 all scored, 1 some input unreadable, 2 bad options or model."""
+    """Exit code 0 all scored, 1 some input unreadable, 2 bad options or model, 3 --out could
+    not be written (the TSV went to stdout)."""
     args = parse_args(argv)
     try:
         det = load_detector(args.run)
@@ -491,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ScoringError(f"--device {args.device}: no CUDA device here")
         det.to(device)
         opts = det.options(args.crop, args.seconds, args.hop_seconds, args.batch_size)
+        if args.out:
+            _try_out(Path(args.out))
     except (ScoringError, ValueError, RuntimeError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -500,23 +609,77 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr, flush=True)
         failed.append(err)
 
+    def warn(note: str) -> None:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+
     try:
         rows = list(score_paths(det, args.paths, opts, max(1, args.batch_size),
-                                on_error=None if args.strict else report))
+                                on_error=None if args.strict else report, on_warning=warn))
     except ScoringError as err:  # --strict
         print(f"error: {err} (--strict: stopped, nothing written)", file=sys.stderr)
         return 1
-    text = "path\tscore\tdecision\tllr\n" + "".join(f"{n}\t{s:.6f}\t{d}\t{llr:.6f}\n"
-                                                   for n, s, d, llr in rows)
-    if args.out:
-        with atomic_open(args.out, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    code = _write_tsv(_tsv_bytes(rows), args.out)
     if failed:
         print(f"error: {len(failed)} input(s) could not be scored (listed above); "
               f"{len(rows)} scored", file=sys.stderr)
-    return 1 if failed else 0
+    return code or (1 if failed else 0)
+
+
+def _tsv_field(text: str) -> str:
+    """``text`` as one TSV field: in double quotes, each one doubled, when it holds a tab, a
+    line break or a double quote (the CSV convention, so csv readers give it back)."""
+    if any(c in text for c in '\t\n\r"'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _tsv_bytes(rows: list[tuple[str, float, str, float]]) -> bytes:
+    """The TSV of ``rows``, UTF-8; a name's bytes that are not UTF-8 (a file name decoded by
+    Python with surrogateescape) are written back as they were."""
+    text = "path\tscore\tdecision\tllr\n" + "".join(
+        f"{_tsv_field(n)}\t{s:.6f}\t{d}\t{llr:.6f}\n" for n, s, d, llr in rows)
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _try_out(out: Path) -> None:
+    """Fail before scoring when a file cannot be created beside ``out`` (read-only, no
+    permission, missing parent that cannot be made): ScoringError naming path and cause.
+    A full disk often still lets an empty file be made: that is caught when writing."""
+    if out.is_dir():
+        raise ScoringError(f"--out {out}: is a directory; name a file")
+    above = next(p for p in out.absolute().parents if p.exists())
+    if not above.is_dir():
+        raise ScoringError(f"--out {out}: {above} is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # as atomic_open would
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        named = OSError(err.errno, err.strerror, str(out))  # not the probe's random name
+        cause = storage_problem(named) or f"{out}: {err.strerror or _one_line(err)}"
+        raise ScoringError(f"--out {cause}") from None
+
+
+def _write_tsv(data: bytes, out: str | None) -> int:
+    """Write the TSV to ``out`` (atomically) or stdout; 0, or 3 when ``out`` could not be
+    written and the TSV went to stdout instead (the scores are not lost)."""
+    if out:
+        try:
+            atomic_write_bytes(out, data)
+            return 0
+        except OSError as err:
+            cause = storage_problem(err) or f"{out}: {_one_line(err)}"
+            print(f"error: --out {cause}; the scores follow on stdout instead", file=sys.stderr,
+                  flush=True)
+    binary = getattr(sys.stdout, "buffer", None)  # absent when stdout is a StringIO
+    if binary is None:
+        sys.stdout.write(data.decode("utf-8", "surrogateescape"))
+    else:
+        sys.stdout.flush()
+        binary.write(data)
+        binary.flush()
+    return 3 if out else 0
 
 
 if __name__ == "__main__":

@@ -151,6 +151,7 @@ def test_unsupported_family_is_one_clear_line(tmp_path):
     # unknown model_type names model_config.json.
     model = SupConModel(ModelConfig(encoder="tiny", proj_dim=8)).eval()
     model.save_pretrained(tmp_path / "run")
+    (tmp_path / "run" / "integrity.json").unlink()  # an old directory: no record to check
     path = tmp_path / "run" / CONFIG_NAME
     meta = json.loads(path.read_text())
     del meta["encoder_config"]["model_type"]

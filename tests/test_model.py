@@ -17,6 +17,7 @@ from bench.flops import model_flops
 from sccl.model import (
     _TINY,
     CONFIG_NAME,
+    RECORD_NAME,
     WEIGHTS_NAME,
     ModelConfig,
     ModelLoadError,
@@ -170,6 +171,7 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="model_config.json: missing"):
         SupConModel.from_pretrained(tmp_path / "nothing")
     make().save_pretrained(tmp_path)
+    (tmp_path / RECORD_NAME).unlink()  # as saved before the record: each file is parsed
     weights, config = tmp_path / WEIGHTS_NAME, tmp_path / CONFIG_NAME
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="corrupt or truncated"):
@@ -187,6 +189,43 @@ def test_from_pretrained_errors(tmp_path):
     config.write_text(json.dumps({"format_version": 1, "model_config": {}}))
     with pytest.raises(ModelLoadError, match="'encoder_config' missing"):
         SupConModel.from_pretrained(tmp_path)
+
+
+def test_saved_directory_is_covered_by_its_record(tmp_path):
+    """integrity.json lists both files; a changed model_config.json (a loadable JSON edit
+    that would change every embedding) is refused naming it; files the record does not
+    list (info.json, written later by Stage 1) are not read; without a record it loads."""
+    model = make().eval()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "info.json").write_text("{}")
+    record = json.loads((tmp_path / RECORD_NAME).read_text())
+    assert sorted(record["files"]) == sorted([WEIGHTS_NAME, CONFIG_NAME])
+    config = tmp_path / CONFIG_NAME
+    text = config.read_text()
+    # same size (padded with spaces): only the hash can tell
+    config.write_text(text.replace('"aggregation": "mean_all"', '"aggregation": "last"    '))
+    with pytest.raises(ModelLoadError) as err:
+        SupConModel.from_pretrained(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{config}: sha256 differs from the one recorded in "
+                              "integrity.json") and "\n" not in message
+    (tmp_path / RECORD_NAME).unlink()  # a directory of older sccl: loads unchecked
+    assert SupConModel.from_pretrained(tmp_path).cfg.aggregation == "last"
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"../model.safetensors": {"size": 1, "sha256": "0" * 64}}, "is not a file name"),
+    ({"/dev/zero": {"size": 0, "sha256": "0" * 64}}, "is not a file name"),
+    ({CONFIG_NAME: {"size": -1, "sha256": "0" * 64}}, "must be {\"size\""),
+    ({CONFIG_NAME: {"size": 1, "sha256": "0" * 64}}, f"does not list {WEIGHTS_NAME}"),
+], ids=["parent", "device", "size", "unlisted-weights"])
+def test_a_bad_record_is_refused(tmp_path, files, expected):
+    make().save_pretrained(tmp_path)
+    (tmp_path / RECORD_NAME).write_text(json.dumps({"format": 1, "files": files}))
+    with pytest.raises(ModelLoadError) as err:
+        SupConModel.from_pretrained(tmp_path)  # at once: /dev/zero would never end
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / RECORD_NAME}: ") and expected in message
 
 
 def test_local_hf_directory_loads_its_weights(hf_tiny_dir):

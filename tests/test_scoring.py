@@ -1,13 +1,17 @@
 """sccl-score and the exported detector: inputs of any format / rate / channel count,
 directories and shard dirs, windows for long files, identical scores after export, errors,
-every check of a loaded export (hash, keys, shapes, config, finite values), unreadable
-inputs among good ones, and the Python calls score_array / score_file."""
+every check of a loaded export (the integrity record over every file, keys, shapes, config,
+finite values), unreadable inputs among good ones, hostile file names, option limits, a
+read-only or full --out, and the Python calls score_array / score_file."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
+import os
 import re
 import shutil
 
@@ -21,6 +25,7 @@ from sccl.embed import EmbedOptions
 from sccl.scoring import ScoringError, SpoofDetector, load_detector
 from sccl.scoring import main as score_main
 from tests.eval_fixtures import make_stage2_run
+from tests.mounts import fill, read_only, small_disk
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +158,24 @@ def export(run, tmp_path):
     return shutil.copytree(run[0] / "export", tmp_path / "export")
 
 
+def _reseal(export_dir, names=("config.json", "model.safetensors")):
+    """Rewrite integrity.json to match ``names`` as they are now."""
+    files = {n: {"size": (export_dir / n).stat().st_size,
+                 "sha256": hashlib.sha256((export_dir / n).read_bytes()).hexdigest()}
+             for n in names}
+    (export_dir / "integrity.json").write_text(json.dumps({"format": 1, "files": files}))
+
+
 def _resign(export_dir, state=None, **config):
-    """Rewrite the export with ``state`` / config changes and a matching hash, so the checks
-    after the hash are the ones tested."""
+    """Rewrite the export with ``state`` / config changes and a matching integrity record, so
+    the checks after the record are the ones tested."""
     weights, cfg_path = export_dir / "model.safetensors", export_dir / "config.json"
     if state is not None:
         save_file(state, weights, metadata={"format": "pt"})
     cfg = json.loads(cfg_path.read_text())
     cfg.update(config)
-    cfg["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     cfg_path.write_text(json.dumps(cfg))
+    _reseal(export_dir)
 
 
 def _load_error(export_dir) -> str:
@@ -213,7 +226,7 @@ def test_export_bad_tensors_are_refused(export, edit, expected):
     ({"model_config": {"colour": "red"}}, "unknown key"),
     ({"encoder_config": {"hidden_size": -4}}, "encoder_config: cannot build the encoder"),
     ({"surprise": 1}, "unknown key 'surprise'"),
-    ({"format_version": 1}, "records no weights hash"),
+    ({"format_version": 1}, "export format 1 is no longer read; export it again"),
     ({"llr": {"scale": -1.0, "offset": 0.0, "calibrated": True}}, "llr must be an object"),
     ({"llr": {"scale": 1.0, "offset": 0.0}}, "llr must be an object"),
 ], ids=["nan-threshold", "str-threshold", "rate", "proj-dim", "aggregation", "type",
@@ -232,6 +245,7 @@ def test_export_missing_key_and_cli_message(export, tmp_path, capsys):
     cfg = json.loads((export / "config.json").read_text())
     del cfg["seconds"]
     (export / "config.json").write_text(json.dumps(cfg))
+    _reseal(export)
     assert "key 'seconds' missing" in _load_error(export)
     wav = tmp_path / "a.wav"
     sf.write(wav, _signal(0.5, 16000), 16000)
@@ -245,13 +259,13 @@ def test_export_unreadable_config_is_one_line_naming_file_and_place(export):
     text = path.read_text()
     for damaged, expected in ((text[: len(text) // 2], r"config.json:\d+:\d+: invalid JSON"),
                               ("[1, 2]", "config.json: expected a JSON object"),
-                              (None, "config.json: missing; an export directory holds")):
+                              (b"\xff\xfe{", "config.json: cannot read")):
         path.unlink()
-        if damaged is not None:
-            path.write_text(damaged)
+        path.write_bytes(damaged) if isinstance(damaged, bytes) else path.write_text(damaged)
+        _reseal(export)
         assert re.search(expected, _load_error(export)), _load_error(export)
-    path.write_bytes(b"\xff\xfe{")
-    assert "config.json: cannot read" in _load_error(export)
+    path.unlink()
+    assert "config.json: missing, but listed in integrity.json" in _load_error(export)
 
 
 def test_export_refuses_non_finite_weights_and_threshold(run, tmp_path):
@@ -263,6 +277,86 @@ def test_export_refuses_non_finite_weights_and_threshold(run, tmp_path):
     assert not (tmp_path / "export" / "config.json").exists()
     with pytest.raises(ScoringError, match="finite threshold"):
         SpoofDetector(det.model, det.classifier.weight, det.classifier.bias, threshold=math.nan)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ('"threshold": {t}', '"threshold": {t2}'),  # one digit: every decision flips
+    ('"normalize_wave": false', '"normalize_wave": true '),
+    ('"seconds": 1.0', '"seconds": 9.0'),
+], ids=["threshold-digit", "normalize-wave", "window"])
+def test_export_config_is_covered_by_the_record(export, tmp_path, capsys, old, new):
+    """A same-size edit of config.json that still loads is refused by from_pretrained and
+    sccl-score, one line naming config.json (format 2 loaded it silently)."""
+    path = export / "config.json"
+    text = path.read_text()
+    t = re.search(r'"threshold": (-?[0-9.e-]+)', text).group(1)
+    t2 = t[:-1] + ("1" if t[-1] != "1" else "2")
+    old, new = old.format(t=t, t2=t2), new.format(t=t, t2=t2)
+    assert old in text and len(old) == len(new)
+    path.write_text(text.replace(old, new))
+    message = _load_error(export)
+    assert message.startswith(f"{path}: sha256 differs from the one recorded in integrity.json")
+    assert "export it again from its run" in message
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _signal(0.5, 16000), 16000)
+    assert score_main(["--run", str(export), str(wav)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: {message}\n"
+
+
+def test_export_record_covers_files_added_later_and_ignores_unlisted(export):
+    """A model card added to the record is checked like the rest; files the record does not
+    list (a hub download's .gitattributes) are never read and do not stop loading."""
+    (export / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    (export / "README.md").write_text("# detector\n")
+    _reseal(export, ("config.json", "model.safetensors", "README.md"))
+    assert SpoofDetector.from_pretrained(export).threshold is not None
+    (export / "README.md").write_text("# detector, threshold 0\n")
+    assert _load_error(export).startswith(f"{export / 'README.md'}: ")
+
+
+@pytest.mark.parametrize("case", ["format-2", "no-record", "config-unlisted"])
+def test_export_without_a_record_over_config_is_refused(export, case):
+    record = export / "integrity.json"
+    if case == "config-unlisted":
+        _reseal(export, ("model.safetensors",))
+        expected = f"{record}: does not list config.json; export it again from its run"
+    elif case == "no-record":
+        record.unlink()
+        expected = f"{record}: missing; an export directory holds integrity.json"
+    else:  # as sccl wrote it before integrity.json: the weights' hash inside config.json
+        cfg = json.loads((export / "config.json").read_text())
+        cfg.update(format_version=2, weights_sha256="0" * 64)
+        (export / "config.json").write_text(json.dumps(cfg))
+        record.unlink()
+        expected = (f"{export / 'config.json'}: export format 2 has no integrity.json covering "
+                    "config.json; export it again from its run: python -c \"from sccl.scoring "
+                    "import export_run; export_run('RUN')\"")
+    assert _load_error(export).startswith(expected)
+
+
+class _Touch:
+    """Unpickling this creates ``path``: proof that a pickle was loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+def test_export_is_data_only_and_runs_no_code(export, tmp_path):
+    """A pickle in place of the weights is refused unread (safetensors only), and an encoder
+    config asking for code of its own (auto_map, an unknown model_type) builds nothing."""
+    marker = tmp_path / "code-ran"
+    torch.save({"w": _Touch(marker)}, export / "model.safetensors")
+    _reseal(export)
+    assert "model.safetensors: corrupt or truncated safetensors file" in _load_error(export)
+    assert not marker.exists()
+    cfg = json.loads((export / "config.json").read_text())
+    cfg["encoder_config"].update(model_type="evil", auto_map={"AutoModel": "evil.Model"})
+    _resign(export, **cfg)
+    assert "model_type 'evil' is not a supported encoder family" in _load_error(export)
 
 
 # ------------------------------------------------------------------------ Python calls
@@ -330,3 +424,105 @@ def test_sccl_score_and_the_export_use_the_stored_calibration(run, tmp_path, cap
     save_file({"weight": state["weight"] * 2, "bias": state["bias"]}, clf)
     assert score_main(["--run", str(run_dir), str(wav)]) == 2
     assert "fitted to another classifier" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- hostile input, --out
+
+
+def test_tsv_quotes_names_a_tab_or_line_break_would_split(run, tmp_path):
+    """Names with a tab, line breaks, a double quote or bytes that are not UTF-8 come back
+    from the TSV exactly (csv reader, tab delimiter); plain names are written as before."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    names = ["plain.wav", "tab\there.wav", "new\nline.wav", "cr\rlf.wav", '"quoted".wav',
+             os.fsdecode(b"latin1-\xe9.wav")]
+    for name in names:
+        sf.write(tmp_path / "x.wav", _signal(0.3, 16000), 16000)
+        os.rename(tmp_path / "x.wav", audio / name)  # soundfile cannot open non-UTF-8 names
+    out = tmp_path / "scores.tsv"
+    assert score_main(["--run", str(run[0]), str(audio), "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert f"\n{audio}/plain.wav\t".encode() in data and b"\xe9.wav\t" in data
+    text = data.decode("utf-8", "surrogateescape")
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
+    assert rows[0] == ["path", "score", "decision", "llr"] and len(rows) == 1 + len(names)
+    assert sorted(r[0] for r in rows[1:]) == sorted(str(audio / n) for n in names)
+
+
+def test_window_and_hop_under_one_frame_are_one_line(run, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _signal(3.0, 16000), 16000)
+    for flags, expected in ((["--seconds", "0.001"], "--seconds) 0.001 is under one encoder "
+                             "frame's receptive field: use >= 0.025 (400 samples at 16000 Hz)"),
+                            (["--hop-seconds", "1e-5"], "--hop-seconds) 1e-05 is under one "
+                             "encoder frame: use >= 0.02 (320 samples at 16000 Hz)"),
+                            (["--seconds", "inf"], "seconds must be a finite number")):
+        assert score_main(["--run", str(run[0]), str(wav), *flags]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert captured.err.startswith("error: ") and expected in captured.err
+    det = load_detector(run[0] / "export")
+    with pytest.raises(ValueError, match="use >= 0.025"):
+        det.score_array(_signal(1.0, 16000), 16000, seconds=0.01)
+    assert np.isfinite(det.score_array(_signal(1.0, 16000), 16000, seconds=0.025).score)
+
+
+def test_score_array_pcm_types_and_integer_rates(run):
+    det = load_detector(run[0] / "export")
+    x = _signal(0.6, 16000, seed=4)
+    ref = det.score_array(x, 16000).score
+    u8 = np.clip(np.round(x * 128 + 128), 0, 255).astype(np.uint8)  # 8-bit WAV: offset binary
+    assert det.score_array(u8, 16000).score == pytest.approx(ref, abs=0.02)
+    i32 = np.round(x * 2**31).astype(np.int32)
+    assert det.score_array(i32, np.int64(16000)).score == pytest.approx(ref, abs=1e-4)
+    assert det.score_array(x, np.uint16(16000)).score == ref
+    with pytest.raises(ValueError, match="wave dtype uint16 is not supported"):
+        det.score_array(u8.astype(np.uint16), 16000)
+    with pytest.raises(ValueError, match="sample_rate must be a positive integer, got True"):
+        det.score_array(x, True)
+
+
+def test_clip_far_shorter_than_the_window_warns(run, tmp_path, capsys):
+    """Window 1 s (the fixture's Stage 2 crop): a 0.05 s clip is named with a warning, on
+    stderr from sccl-score and as warnings.warn from Python; a 0.3 s clip is not."""
+    short, fine = tmp_path / "short.wav", tmp_path / "fine.wav"
+    sf.write(short, _signal(0.05, 16000), 16000)
+    sf.write(fine, _signal(0.3, 16000), 16000)
+    assert score_main(["--run", str(run[0]), str(short), str(fine)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"warning: {short}: 0.05 s, under a tenth of the 1 s window: its "
+                            "score rests on little audio\n")
+    assert len(captured.out.splitlines()) == 3  # both scored
+    det = load_detector(run[0] / "export")
+    with pytest.warns(UserWarning, match=r"the wave: 0\.05 s, under a tenth of the 1 s window"):
+        det.score_array(_signal(0.05, 16000), 16000)
+    with pytest.warns(UserWarning, match="short.wav: 0.05 s"):
+        det.score_file(short)
+
+
+def test_out_on_a_read_only_place_stops_before_scoring(run, tmp_path, capsys, monkeypatch):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _signal(0.3, 16000), 16000)
+    monkeypatch.setattr("sccl.scoring.score_paths", lambda *a, **k: pytest.fail("scored"))
+    place = tmp_path / "ro"
+    place.mkdir()
+    with read_only(place):
+        assert score_main(["--run", str(run[0]), str(wav), "--out", str(place / "s.tsv")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: --out {place / 's.tsv'}: read-only file system\n"
+    assert not list(place.iterdir())
+
+
+def test_out_on_a_full_disk_sends_the_scores_to_stdout(run, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _signal(0.3, 16000), 16000)
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        fill(disk)
+        out = disk / "s.tsv"
+        assert score_main(["--run", str(run[0]), str(wav), "--out", str(out)]) == 3
+        assert not out.exists() and not [p for p in disk.iterdir() if p.name != ".filler"]
+    captured = capsys.readouterr()
+    assert captured.err == (f"error: --out {out}: no space left on the device; the scores "
+                            "follow on stdout instead\n")
+    lines = captured.out.splitlines()
+    assert lines[0] == "path\tscore\tdecision\tllr" and lines[1].startswith(f"{wav}\t")
