@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,26 @@ class EmbedOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
+def check_window(opts: EmbedOptions, model, sample_rate: int,
+                 names: tuple[str, str] = ("seconds", "hop_seconds")) -> None:
+    """ValueError (one line) for a crop or window under one encoder frame's receptive field
+    (the encoder's convolutions refuse it with a traceback) or a hop under one frame (it
+    only repeats work); ``names``: how the message calls the two options."""
+    if opts.crop == "full":
+        return
+    field = model.receptive_field  # 400 samples (0.025 s at 16 kHz) for every preset
+    frame = math.prod(model.encoder.config.conv_stride)  # samples per frame: 320
+    if round(opts.seconds * sample_rate) < field:
+        raise ValueError(f"{names[0]} {opts.seconds:g} is under one encoder frame's "
+                         f"receptive field: use >= {field / sample_rate:g} ({field} samples "
+                         f"at {sample_rate} Hz)")
+    if opts.crop == "windows" and opts.hop_seconds \
+            and round(opts.hop_seconds * sample_rate) < frame:
+        raise ValueError(f"{names[1]} {opts.hop_seconds:g} is under one encoder frame: "
+                         f"use >= {frame / sample_rate:g} ({frame} samples at {sample_rate} "
+                         "Hz), or 0 for half the window")
+
+
 @dataclass
 class Embedded:
     """Gathered, deduplicated embeddings of one shard directory, in key order of the metadata."""
@@ -95,7 +116,11 @@ def read_shard_metadata(shard_dir: str | Path) -> tuple[dict, list[dict]]:
     manifest = read_manifest(shard_dir)
     metas: list[dict] = []
     for entry in manifest.get("shards", []):
-        path = shard_dir / entry["name"]
+        name = str(entry["name"])
+        if "/" in name or name in ("", ".", ".."):  # never read outside the shard directory
+            raise EmbedError(f"{shard_dir / 'manifest.json'}: shard name {name!r} is not a "
+                             "file name inside the directory")
+        path = shard_dir / name
         if not path.is_file():
             raise EmbedError(f"{path}: listed in manifest.json but missing")
         found = _shard_json(path)
@@ -232,6 +257,10 @@ def embed_share(model: torch.nn.Module, shard_dir: str | Path, data_cfg, opts: E
     exceed the number of trials only if the loader repeated a valid row; see ``collect``)."""
     from sccl.data import build_eval_loader
 
+    try:
+        check_window(opts, model, data_cfg.sample_rate, ("embed.seconds", "embed.hop_seconds"))
+    except ValueError as err:  # every rank finds it: all raise the same input error
+        raise EmbedError(str(err)) from None
     device = next(model.parameters()).device
     seconds = opts.seconds if opts.crop == "first" else 0.0
     loader = build_eval_loader(str(shard_dir), data_cfg, rank=rank, world_size=world_size,

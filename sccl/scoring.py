@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from sccl.config import ConfigError, from_dict
-from sccl.embed import EmbedOptions, embed_waves
+from sccl.embed import EmbedOptions, check_window, embed_waves
 from sccl.fileio import atomic_write_bytes, read_json_object, storage_problem
 from sccl.linear import RunMismatchError, linear_scores, llr_map, load_stage2
 from sccl.model import (
@@ -252,20 +252,9 @@ class SpoofDetector(nn.Module):
                             seconds=self.seconds if seconds is None else float(seconds),
                             hop_seconds=float(hop_seconds or 0.0), batch_size=max(1, batch_size))
         if crop != "full":
-            self._check_window(opts)
+            check_window(opts, self.model, self.sample_rate,
+                         ("seconds (--seconds)", "hop_seconds (--hop-seconds)"))
         return opts
-
-    def _check_window(self, opts: EmbedOptions) -> None:
-        rate, field = self.sample_rate, self.model.receptive_field
-        frame = math.prod(self.model.encoder.config.conv_stride)  # samples per frame
-        if round(opts.seconds * rate) < field:
-            raise ValueError(f"seconds (--seconds) {opts.seconds:g} is under one encoder "
-                             f"frame's receptive field: use >= {field / rate:g} ({field} "
-                             f"samples at {rate} Hz)")
-        if opts.hop_seconds and round(opts.hop_seconds * rate) < frame:
-            raise ValueError(f"hop_seconds (--hop-seconds) {opts.hop_seconds:g} is under one "
-                             f"encoder frame: use >= {frame / rate:g} ({frame} samples at "
-                             f"{rate} Hz), or 0 for half the window")
 
     def score_array(self, wave, sample_rate: int, **options) -> Verdict:
         """Score one utterance given as numbers: ``wave`` (T,) mono or (T, C) channels last
