@@ -3,10 +3,14 @@ choose, load), best/ and last/ weights, the claim on a stage directory, and the 
 definition of "Stage 1 finished".
 
 A checkpoint is written to ``checkpoints/.tmp-step-N`` by every rank; the main process then
-records every file's size and sha256 in ``manifest.json`` (written last, atomically) and
-renames the directory, so a directory named ``step-N`` is complete (the run directory must be
-on a file system every rank shares). Before resuming, the newest checkpoint is checked against
-its manifest; a damaged one is skipped with a warning naming the file (docs/reliability.md).
+records every file's size and sha256 and the number of processes in ``manifest.json`` (written
+last, atomically) and renames the directory, so a directory named ``step-N`` is complete (the
+run directory must be on a file system every rank shares). A save that fails (a full disk, say)
+removes its ``.tmp-step-N`` and raises an ``OSError`` naming the place. Before resuming, the
+newest checkpoint is checked against its manifest and each of its pickles is read as data only
+(``sccl.safeload``: a checkpoint from elsewhere cannot run code); a damaged one is skipped with
+a warning naming the file, and one written by another number of processes is refused
+(docs/reliability.md).
 
     python -m sccl.checkpoint finished RUN    # exit 0 when Stage 1 of RUN has finished, else 1
 """
@@ -14,26 +18,30 @@ its manifest; a damaged one is skipped with a warning naming the file (docs/reli
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sccl import dist
+from sccl import dist, safeload
 from sccl.accel import local_shards, params_sharded
 from sccl.config import ConfigError
-from sccl.fileio import atomic_write_json, file_sha256
+from sccl.fileio import atomic_write_json, file_sha256, storage_problem
 from sccl.lock import DirLock, LockHeldError
 from sccl.logs import StagePaths
 
 _STEP_DIR = re.compile(r"step-(\d{8})")
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how a Rust writer (safetensors) gives errno
 MANIFEST = "manifest.json"
 
 
@@ -124,21 +132,56 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, queue_state: d
     of its files; keep the newest ``keep`` checkpoints. Every rank must call it."""
     final = root / f"step-{state.global_step:08d}"
     tmp = root / f".tmp-{final.name}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)  # debris of a run killed while saving
+    main = accelerator.is_main_process
+    if main:  # debris of a run killed while saving
+        for debris in root.glob(".tmp-step-*"):
+            shutil.rmtree(debris, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        torch.save(queue_state, tmp / "queue.pt")
-        atomic_write_json(tmp / "trainer_state.json", asdict(state))
+    with _removed_on_failure(tmp, root, remove=main):
+        accelerator.save_state(str(tmp))
+        if main:
+            torch.save(queue_state, tmp / "queue.pt")
+            atomic_write_json(tmp / "trainer_state.json", asdict(state))
     accelerator.wait_for_everyone()  # every rank's files are in tmp
-    if accelerator.is_main_process:
-        write_manifest(tmp)
-        _replace_dir(tmp, final)
+    if main:
+        with _removed_on_failure(tmp, root):
+            write_manifest(tmp, accelerator.num_processes)
+            _replace_dir(tmp, final)
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, where: Path, remove: bool = True) -> Iterator[None]:
+    """Remove ``tmp`` (a save's directory) when the block fails, freeing its space; a failure
+    of the storage is raised as an ``OSError`` naming ``where``, whatever writer failed
+    (torch's zip writer says only "unexpected pos ..." or "PytorchStreamWriter failed writing
+    file"). A failed rank does not wait for the others: torchrun ends the job, and the next
+    save removes what they wrote."""
+    try:
+        yield
+    except Exception as err:
+        problem = _storage_error(err, where)  # before the removal frees space
+        if remove:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if problem is None:
+            raise
+        raise problem from err
+
+
+def _storage_error(err: Exception, where: Path) -> OSError | None:
+    """``err`` as an ``OSError`` of ``where`` when the storage failed (``storage_problem``'s
+    causes), else None."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None and (found := _OS_ERROR.search(str(err))):
+        code = int(found[1])
+    if code is None and storage_problem(err, where) is not None:  # a C++ writer, a full disk
+        code = errno.ENOSPC
+    if code is None or storage_problem(OSError(code, os.strerror(code))) is None:
+        return None
+    return OSError(code, os.strerror(code), str(where))
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -154,11 +197,12 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(ckpt: Path) -> None:
-    """``manifest.json``: size and sha256 of every file of ``ckpt`` (written last)."""
+def write_manifest(ckpt: Path, processes: int) -> None:
+    """``manifest.json``: size and sha256 of every file of ``ckpt`` (written last) and the
+    number of processes that wrote it."""
     files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    atomic_write_json(ckpt / MANIFEST, {"format": 1, "files": files})
+    atomic_write_json(ckpt / MANIFEST, {"format": 1, "processes": processes, "files": files})
 
 
 def check_finite_weights(model, device: torch.device, state: TrainerState) -> None:
@@ -185,9 +229,10 @@ def export_weights(accelerator, model, out: Path, info: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         tmp = out.with_name(f".tmp-{out.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state)
-        atomic_write_json(tmp / "info.json", info)
-        _replace_dir(tmp, out)
+        with _removed_on_failure(tmp, out):
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state)
+            atomic_write_json(tmp / "info.json", info)
+            _replace_dir(tmp, out)
     accelerator.wait_for_everyone()
 
 
@@ -213,7 +258,8 @@ def save_training(accelerator, model, queue, state: TrainerState, paths: StagePa
 def checkpoint_damage(ckpt: Path) -> str | None:
     """None when ``ckpt`` is intact, else ``"<file>: <what is wrong>"``. With a manifest every
     file's size and sha256 are checked; a checkpoint of older sccl versions (no manifest) can
-    only be checked by parsing each of its files."""
+    only be checked by parsing each of its files. Either way every pickle must read back as
+    data (``safeload``): a manifest, which anyone can write, proves nothing about that."""
     manifest = ckpt / MANIFEST
     if not manifest.is_file():
         return _legacy_damage(ckpt)
@@ -229,7 +275,7 @@ def checkpoint_damage(ckpt: Path) -> str | None:
             return f"{path}: {path.stat().st_size} bytes, {size} when saved (truncated?)"
         if file_sha256(path) != digest:
             return f"{path}: content differs from the sha256 recorded when saved"
-    return None
+    return safeload.checkpoint_problem(ckpt)
 
 
 def _legacy_damage(ckpt: Path) -> str | None:
@@ -241,12 +287,13 @@ def _legacy_damage(ckpt: Path) -> str | None:
                 json.loads(path.read_text())
             elif path.suffix == ".safetensors":
                 load_file(path)
-            elif path.suffix in (".pkl", ".bin", ".pt", ".pth"):
-                torch.load(path, map_location="cpu", weights_only=False)  # our own files
         except Exception as e:  # any parse failure means damage; the kind is in the message
             return f"{path}: unreadable ({type(e).__name__}; a checkpoint without manifest)"
     state = ckpt / "trainer_state.json"
-    return None if state.is_file() else f"{state}: missing"
+    if not state.is_file():
+        return f"{state}: missing"
+    problem = safeload.checkpoint_problem(ckpt)
+    return problem and f"{problem} (a checkpoint without manifest)"
 
 
 def choose_checkpoint(resume: str, root: Path) -> Path | None:
@@ -283,26 +330,59 @@ def choose_checkpoint(resume: str, root: Path) -> Path | None:
     return None
 
 
+def written_by(ckpt: Path) -> int:
+    """Number of processes that wrote ``ckpt``: recorded in its manifest, or for older sccl
+    the number of Accelerate's ``random_states_<rank>.pkl`` (one per process; 0 if none)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads((ckpt / MANIFEST).read_text()).get("processes")
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+            return recorded
+    count = 0
+    while (ckpt / f"random_states_{count}.pkl").is_file():
+        count += 1
+    return count
+
+
+def check_processes(ckpt: Path, processes: int) -> None:
+    """``ConfigError`` unless ``ckpt`` was written by ``processes`` processes and holds a random
+    state for each: resumed by fewer, the other ranks' states would be dropped without a word
+    (their random streams; under ZeRO or FSDP their shards); by more, the new ranks have none
+    (Accelerate only logs a missing random state, at info level, and goes on)."""
+    written = written_by(ckpt)
+    if written and written != processes:
+        raise ConfigError(
+            f"checkpoint {ckpt} was written by {_processes(written)}, this run has "
+            f"{processes}: resume with {_processes(written)} (accelerate launch "
+            f"--num_processes {written} ...), or start a new --run.dir")
+    for rank in range(processes):
+        if not (ckpt / f"random_states_{rank}.pkl").is_file():
+            raise ConfigError(
+                f"cannot resume from {ckpt}: it holds no random state for process {rank} "
+                f"(random_states_{rank}.pkl); resume from another checkpoint with --run.resume "
+                "PATH, or start a new --run.dir")
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
 def load_checkpoint(accelerator, path: Path, queue) -> TrainerState:
     """Restore Accelerate state (model, optimizer, scheduler, every rank's RNG) and the queue
-    from ``path`` (verified intact by ``choose_checkpoint``); return the trainer state. A
-    checkpoint that does not fit the current config (model, queue size or world size
-    changed) is a ``ConfigError``; nothing continues from a partial load."""
-    advice = (f"cannot resume from {path} (its files are intact): {{}}. Did the model, loss or "
-              "number of processes change? Use a new --run.dir (or --run.resume PATH)")
-    # Accelerate only logs (at info level) a missing or unreadable RNG file and goes on.
-    rng = path / f"random_states_{accelerator.process_index}.pkl"
-    missing = torch.tensor([float(not rng.is_file())], device=accelerator.device)
-    if dist.all_reduce_sum(missing).item() > 0:
-        raise ConfigError(advice.format(f"it holds no random state for {accelerator.num_processes}"
-                                        " processes"))
+    from ``path`` (verified intact and written by as many processes by ``StageClaim``);
+    return the trainer state. Every ``torch.load`` meanwhile is weights-only
+    (``safeload.weights_only_loads``), so not even a file changed since it was verified runs
+    code. A checkpoint that does not fit the current config (model, queue size changed) is a
+    ``ConfigError``; nothing continues from a partial load."""
+    advice = (f"cannot resume from {path} (its files are intact): {{}}. Did the model or the "
+              "loss change? Use a new --run.dir (or --run.resume PATH)")
     try:
-        accelerator.load_state(str(path))
+        with safeload.weights_only_loads():
+            accelerator.load_state(str(path))
+        queue_state = safeload.load(path / "queue.pt")
         state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
-        queue_state = torch.load(path / "queue.pt", map_location="cpu", weights_only=True)
         if queue_state is not None:
             queue.load_state_dict(queue_state)
-    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError, pickle.UnpicklingError) as e:
         raise ConfigError(advice.format(e)) from e
     return state
 
@@ -311,7 +391,8 @@ class StageClaim:
     """Exclusive use of a stage directory for one run (``sccl.lock.DirLock``, taken by the
     main process) and the checkpoint it resumes from (``choose_checkpoint``). Every rank
     learns the outcome from one broadcast, so all raise the same ``ConfigError`` (exit 2)
-    when the directory is in use or no checkpoint is intact; none hangs. ``release`` (or the
+    when the directory is in use, no checkpoint is intact or the one chosen was written by
+    another number of processes (``check_processes``); none hangs. ``release`` (or the
     end of a ``with`` block) also removes the directories the claim created if they stayed
     empty (an input error)."""
 
@@ -324,6 +405,8 @@ class StageClaim:
                 self.lock = DirLock(paths.dir, what=f"{what} of {paths.root}").acquire()
                 if resume is not None:
                     checkpoint = choose_checkpoint(resume, paths.checkpoints)
+                if checkpoint is not None:
+                    check_processes(checkpoint, accelerator.num_processes)
             except (LockHeldError, ConfigError) as e:
                 error = str(e)
         checkpoint, error = dist.broadcast_object((checkpoint, error))

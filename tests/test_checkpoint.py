@@ -2,23 +2,34 @@
 to end, damaged checkpoints: a truncated file in the newest checkpoint makes the resume fall back to
 the newest intact one, with a warning naming the file, and the run still ends with the
 uninterrupted run's weights (so nothing continued from a partial load); with every checkpoint
-damaged the stage exits 2 with one line. Checkpoints of older sccl versions (no manifest)
-still resume, checked by parsing their files."""
+damaged the stage exits 2 with one line; so does a stage whose checkpoints hold pickles that
+would run code, with or without a (forged) manifest (tests/test_safeload.py: the unit tests).
+Checkpoints of older sccl versions (no manifest) still resume, checked by parsing their files.
+A checkpoint written by another number of processes is refused. A full disk or a read-only
+directory while saving raises an OSError naming the place and leaves the last checkpoint
+intact, nothing half-written."""
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from sccl import checkpoint as ck
 from sccl.config import ConfigError
+from sccl.fileio import storage_problem
+from sccl.logs import StagePaths
+from tests.mounts import fill, read_only, small_disk
+from tests.test_safeload import RunsCode, trainer  # noqa: F401  (module fixture)
 from tests.test_train_supcon import (
     check_ok,
     command,
@@ -99,20 +110,41 @@ def test_checkpoints_without_manifest_still_resume(runs, tmp_path):
     same_weights(full, run_dir)
 
 
+@pytest.mark.slow
+def test_checkpoints_that_would_run_code_are_damage_and_never_run(runs, tmp_path):
+    cfg, _, cut = runs
+    run_dir, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(cut, run_dir)
+    root = run_dir / "stage1" / "checkpoints"
+    for step in (2, 3):
+        rng = root / f"step-{step:08d}" / "random_states_0.pkl"
+        torch.save({"random_state": RunsCode(marker)}, rng)
+    ck.write_manifest(root / "step-00000003", 1)  # a forged manifest that matches
+    (root / "step-00000002" / "manifest.json").unlink()  # as older sccl wrote it
+    proc = run(command(cfg, run_dir))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "no intact checkpoint" in errors[0], proc.stderr[-3000:]
+    for step in (3, 2):
+        assert f"step-{step:08d}/random_states_0.pkl: holds posix.mkdir" in errors[0]
+    assert not marker.exists() and "Traceback" not in proc.stderr
+
+
 def test_manifest_records_sizes_and_hashes(tmp_path):
     ckpt = tmp_path / "step-00000001"
     ckpt.mkdir()
-    (ckpt / "a.bin").write_bytes(b"x" * 10)
+    (ckpt / "a.safetensors").write_bytes(b"x" * 10)
     (ckpt / "sub").mkdir()
-    (ckpt / "sub" / "b.pt").write_bytes(b"y" * 3)
-    ck.write_manifest(ckpt)
+    (ckpt / "sub" / "b.json").write_bytes(b"y" * 3)
+    ck.write_manifest(ckpt, 1)  # files that are no pickles: only their hashes are checked
     assert ck.checkpoint_damage(ckpt) is None
-    (ckpt / "sub" / "b.pt").write_bytes(b"z" * 3)  # same size, other content
-    assert "sub/b.pt: content differs" in ck.checkpoint_damage(ckpt)
-    (ckpt / "a.bin").write_bytes(b"x" * 4)
-    assert "a.bin: 4 bytes, 10 when saved" in ck.checkpoint_damage(ckpt)
-    (ckpt / "a.bin").unlink()
-    assert "a.bin: missing" in ck.checkpoint_damage(ckpt)
+    assert json.loads((ckpt / "manifest.json").read_text())["processes"] == 1
+    (ckpt / "sub" / "b.json").write_bytes(b"z" * 3)  # same size, other content
+    assert "sub/b.json: content differs" in ck.checkpoint_damage(ckpt)
+    (ckpt / "a.safetensors").write_bytes(b"x" * 4)
+    assert "a.safetensors: 4 bytes, 10 when saved" in ck.checkpoint_damage(ckpt)
+    (ckpt / "a.safetensors").unlink()
+    assert "a.safetensors: missing" in ck.checkpoint_damage(ckpt)
     (ckpt / "manifest.json").write_text('{"files": ')
     assert "manifest.json: unreadable" in ck.checkpoint_damage(ckpt)
 
@@ -141,7 +173,7 @@ def test_checkpoint_lookup_and_resume_modes(tmp_path):
     for step in (5, 12):
         (root / f"step-{step:08d}").mkdir(parents=True)
         (root / f"step-{step:08d}" / "trainer_state.json").write_text("{}")
-        ck.write_manifest(root / f"step-{step:08d}")
+        ck.write_manifest(root / f"step-{step:08d}", 1)
     (root / "step-00000020").mkdir()  # incomplete: no trainer_state.json
     (root / ".tmp-step-00000030").mkdir()
     assert [p.name for p in ck.list_checkpoints(root)] == ["step-00000005", "step-00000012"]
@@ -175,3 +207,91 @@ def test_stage1_finished_reads_the_newest_checkpoint_and_is_one_command(tmp_path
     (root / "step-00000011" / "trainer_state.json").write_text('{"finished": tr')  # torn
     assert not ck.stage1_finished(run)
     assert ck.main(["finished"]) == 2
+
+
+def rng_file(path: Path) -> None:
+    """A random state as Accelerate writes it (random_states_<rank>.pkl)."""
+    torch.save({"step": 0, "random_state": random.getstate(),
+                "numpy_random_seed": np.random.get_state(),
+                "torch_manual_seed": torch.get_rng_state()}, path)
+
+
+def hand_made(root: Path, ranks: int, manifest: bool) -> Path:
+    ckpt = root / "step-00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    for rank in range(ranks):
+        rng_file(ckpt / f"random_states_{rank}.pkl")
+    if manifest:
+        ck.write_manifest(ckpt, ranks)
+    return ckpt
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["recorded", "inferred"])
+@pytest.mark.parametrize(("written", "now"), [(2, 1), (1, 2)])
+def test_a_resume_with_another_number_of_processes_is_refused(tmp_path, manifest, written, now):
+    paths = StagePaths(tmp_path / "run", "stage1")
+    ckpt = hand_made(paths.checkpoints, written, manifest)
+    with pytest.raises(ConfigError) as refused:
+        ck.StageClaim(SimpleNamespace(is_main_process=True, num_processes=now), paths,
+                      "Stage 1", "auto")
+    processes = "1 process" if written == 1 else f"{written} processes"
+    assert str(refused.value) == (
+        f"checkpoint {ckpt} was written by {processes}, this run has {now}: resume with "
+        f"{processes} (accelerate launch --num_processes {written} ...), or start a new "
+        "--run.dir")
+    assert not (paths.dir / ".lock").exists()  # released: the same command may run again
+    with ck.StageClaim(SimpleNamespace(is_main_process=True, num_processes=written), paths,
+                       "Stage 1", "auto") as claim:
+        assert claim.resume_from == ckpt
+
+
+def test_a_checkpoint_without_a_random_state_for_a_process_is_refused(tmp_path):
+    ckpt = hand_made(tmp_path, 0, manifest=False)
+    with pytest.raises(ConfigError, match="holds no random state for process 0"):
+        ck.check_processes(ckpt, 1)
+    rng_file(ckpt / "random_states_0.pkl")
+    ck.check_processes(ckpt, 1)
+
+
+@pytest.mark.parametrize(("leave", "writer"), [(0, "SafetensorError"), (300_000, "RuntimeError")],
+                         ids=["model (safetensors)", "optimizer (torch zip writer)"])
+def test_a_full_disk_while_saving_says_so_and_keeps_the_last_checkpoint(
+        trainer, tmp_path, leave, writer):  # noqa: F811
+    acc, _, queue = trainer
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        root = disk / "checkpoints"
+        ck.save_checkpoint(acc, root, ck.TrainerState(global_step=1), queue.state_dict(), 2)
+        fill(disk, leave)  # the model's weights take 185 kB, its AdamW state 411 kB
+        with pytest.raises(OSError) as failed:
+            ck.save_checkpoint(acc, root, ck.TrainerState(global_step=2), queue.state_dict(), 2)
+        assert storage_problem(failed.value) == f"{root}: no space left on the device"
+        assert type(failed.value.__cause__).__name__ == writer
+        del failed  # its traceback holds the failed writer's file open
+        assert [p.name for p in root.iterdir()] == ["step-00000001"]  # no .tmp-step-2 left
+        assert ck.choose_checkpoint("auto", root) == root / "step-00000001"  # intact
+        (disk / ".filler").unlink()  # space freed: the same save now succeeds
+        ck.save_checkpoint(acc, root, ck.TrainerState(global_step=2), queue.state_dict(), 2)
+        assert ck.choose_checkpoint("auto", root) == root / "step-00000002"
+
+
+def test_a_full_disk_while_exporting_keeps_the_previous_weights(trainer, tmp_path):  # noqa: F811
+    acc, model, _ = trainer
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        out = disk / "best"
+        ck.export_weights(acc, model, out, {"epoch": 1})
+        fill(disk)
+        with pytest.raises(OSError) as failed:
+            ck.export_weights(acc, model, out, {"epoch": 2})
+        assert storage_problem(failed.value) == f"{out}: no space left on the device"
+        assert sorted(p.name for p in disk.iterdir()) == [".filler", "best"]
+        assert json.loads((out / "info.json").read_text()) == {"epoch": 1}
+
+
+def test_a_read_only_checkpoint_directory_is_named(trainer, tmp_path):  # noqa: F811
+    acc, _, queue = trainer
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    with read_only(root), pytest.raises(OSError) as failed:
+        ck.save_checkpoint(acc, root, ck.TrainerState(global_step=1), queue.state_dict(), 2)
+    assert storage_problem(failed.value) == f"{root}: read-only file system"
