@@ -37,6 +37,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 import re
 import sys
 import textwrap
@@ -48,7 +49,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from sccl.fileio import atomic_write_text
+from sccl.fileio import atomic_write_text, storage_problem
 
 T = TypeVar("T")
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -60,16 +61,32 @@ class ConfigError(ValueError):
 
 
 def report_input_error(error: BaseException | str, code: int = 2) -> int:
-    """Print ``error: <message>`` on stderr once per job and return ``code``.
+    """Print ``error: <message>`` on stderr and return ``code`` (the caller exits with it).
 
-    Every entry point turns bad input into this one line (no traceback) and exits 2. Under
-    ``accelerate launch``/``torchrun`` every rank finds the same error; only global rank 0
-    (``RANK`` unset or 0) prints it, the other ranks exit silently with the same code."""
-    import os
-
-    if os.environ.get("RANK", "0") in ("", "0"):
-        print(f"error: {error}", file=sys.stderr, flush=True)
+    Every entry point turns bad input into this line (no traceback) and exits 2. Under
+    ``accelerate launch``/``torchrun`` every rank prints it, global rank k > 0 as
+    ``error (rank k): <message>``: the first rank to exit makes torchrun SIGTERM the others,
+    so a line left to rank 0 alone was lost whenever another rank exited first or met the
+    error alone (tests/dist_scripts/dist_error_check.py forces both). The rank is ``RANK``,
+    which torchrun sets before the process starts: this holds before any process group
+    exists. One write, so that the lines of ranks sharing a log do not interleave."""
+    rank = os.environ.get("RANK", "")
+    label = "error" if rank in ("", "0") else f"error (rank {rank})"
+    sys.stderr.write(f"{label}: {error}\n")
+    sys.stderr.flush()
     return code
+
+
+def report_storage_error(error: BaseException, where: str | Path | None) -> int:
+    """``report_input_error`` (exit 2) of a failure of the storage a stage writes to or
+    reads from, as ``sccl.fileio.storage_problem`` describes it (full disk, quota, read-only,
+    permission): ``PATH: cause``, with ``where`` (the run directory) as the path when the
+    error names none. Any other error is raised again: it is a bug, and its traceback says
+    where."""
+    problem = storage_problem(error, where or None)
+    if problem is None:
+        raise error
+    return report_input_error(problem)
 
 
 # ---------------------------------------------------------------------------- type helpers
@@ -476,6 +493,12 @@ class RunConfig:
     elements it holds) and count of those elements with each log line (the queue's gather
     keeps the queues equal, DDP the weights; under ZeRO-3 / FSDP2 the counts show the
     sharding; the distributed tests check it)."""
+
+    allow_config_change: bool = False
+    """Resume with settings that change the training (every key but where the run lives and
+    how it resumes, logs, checkpoints and stops: docs/config.md lists them). Without it such a
+    resume is refused (exit 2) listing each changed key; with it the run goes on with them.
+    Each start's settings stay in <dir>/<stage>/config_history.jsonl."""
 
     def __post_init__(self) -> None:
         if self.log_every < 1 or self.keep_checkpoints < 1 or self.max_consecutive_nonfinite < 1:

@@ -28,7 +28,7 @@ attack and pooled; the ASVspoof 2021 ``keys/LA/ASV`` directory the revised min t
 attack x codec and pooled, on the ASV trials of ``eval.subset``, as the 2021 package does.
 ``--eval.calibrate dev`` fits the affine LLR calibration on Stage 2's dev embeddings and stores
 it in RUN/stage2/calibration.json (RUN/export is rewritten to carry it); every evaluation then
-reports act DCF and Cllr before and after it. Exit codes: 0 done, 2 bad input.
+reports act DCF and Cllr before and after it. Exit codes: see main().
 
 Calls accumulate: each call adds its sets to results.json (a set scored again replaces its
 earlier entry), and pooled / mean EER, CIs, breakdowns, DET curves and histograms are
@@ -54,7 +54,7 @@ from sccl.accel import build_accelerator, exit_on_stop_signals, exit_process
 from sccl.aggregate import TrialError, Trials, detection_costs, min_tdcf_table, summarise
 from sccl.asv import AsvScoreError, AsvScores, read_asv_scores
 from sccl.checkpoint import StageClaim
-from sccl.config import ConfigError, parse_config, report_input_error
+from sccl.config import ConfigError, parse_config, report_input_error, report_storage_error
 from sccl.contamination import contamination_report, training_sources, warn
 from sccl.data import ShardDirError
 from sccl.embed import (
@@ -413,7 +413,12 @@ def tsne_sample(trials: list[Trials], embs: dict[str, np.ndarray], n: int, seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit code 0 done, 2 bad input."""
+    """Entry point; the exit code: 0 done; 2 bad input (config, run directory, shards, score
+    files) or storage that fails (the run directory's disk full, over quota, read-only,
+    forbidden), in one line ``error: ...`` naming the file or key (the path and the cause for
+    storage; rank k > 0 of a launch writes ``error (rank k): ...``); 128 + the signal when
+    SIGTERM / SIGUSR1 stopped it. Anything else raises, with its traceback (exit 1)."""
+    cfg = None
     try:
         cfg = parse_config(EvalConfig, argv, prog="python -m sccl.evaluate")
         with exit_on_stop_signals():  # a stop unwinds: the stage lock is released
@@ -421,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError,
             TrialError, ScoreFileError, AsvScoreError) as e:
         return report_input_error(e)
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, a read-only run directory
+        return report_storage_error(e, cfg.run.dir if cfg else None)
 
 
 if __name__ == "__main__":

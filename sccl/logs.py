@@ -3,7 +3,10 @@ revision, run_info.json, the JSON-lines log and the numbers of a training log li
 
 Run directory of a stage (``StagePaths``; Stage 1 = ``<run>/stage1``):
 
-    <run>/<stage>/config.yaml        resolved config (loadable with --config), git revision on top
+    <run>/<stage>/config.yaml        resolved config the stage runs with now (loadable with
+                                     --config), git revision on top
+    <run>/<stage>/config_history.jsonl   one line per start or resume: time, git revision,
+                                     world size, checkpoint resumed from, changed keys, config
     <run>/<stage>/run_info.json      git revision, command line, world size, versions
     <run>/<stage>/log.jsonl          one JSON object per logging step (and one per epoch)
     <run>/<stage>/tb/                TensorBoard event files (Accelerate tracker)
@@ -13,6 +16,7 @@ Run directory of a stage (``StagePaths``; Stage 1 = ``<run>/stage1``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -22,7 +26,15 @@ from typing import Any
 
 import torch
 
-from sccl.config import flatten, format_config, read_config_file, save_config, to_dict
+from sccl import dist
+from sccl.config import (
+    ConfigError,
+    flatten,
+    format_config,
+    read_config_file,
+    save_config,
+    to_dict,
+)
 from sccl.fileio import atomic_write_json, atomic_write_text
 
 
@@ -34,6 +46,7 @@ class StagePaths:
         self.config, self.info, self.log, self.checkpoints, self.best, self.last = (
             self.dir / name for name in ("config.yaml", "run_info.json", "log.jsonl",
                                          "checkpoints", "best", "last"))
+        self.history = self.dir / "config_history.jsonl"
 
 
 def git_revision(path: str | Path | None = None) -> str:
@@ -68,29 +81,105 @@ def run_info(accelerator, revision: str) -> dict[str, Any]:
     }
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
-    """``key: old -> new`` for every flattened key that differs (keys under ``ignore`` skipped)."""
+_ABSENT = object()
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (),
+                   both: bool = False) -> list[str]:
+    """``key: old -> new`` for every flattened key whose value differs, keys starting with an
+    entry of ``ignore`` skipped. A key only one side has (an sccl version added or removed it)
+    shows as ``<absent>``, or is skipped with ``both``."""
     a, b = flatten(old), flatten(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not k.startswith(ignore)]
+    keys = set(a) & set(b) if both else set(a) | set(b)
+    return [f"{k}: {_shown(a, k)} -> {_shown(b, k)}" for k in sorted(keys)
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not k.startswith(ignore)]
+
+
+def _shown(values: dict[str, Any], key: str) -> str:
+    return repr(values[key]) if key in values else "<absent>"
+
+
+def refuse_changes(accelerator, cfg: Any, paths: StagePaths, free: tuple[str, ...],
+                   allow: bool, why: str, guarded: bool = True) -> None:
+    """Refuse to go on, with one ``ConfigError`` on every rank (exit 2, no rank left waiting),
+    when ``cfg`` differs from config.yaml, the settings that trained what the stage dir holds,
+    in a key outside ``free`` (keys or prefixes that cannot change the training); ``why``
+    opens the message, which lists each changed key on a line of its own. ``allow``
+    (run.allow_config_change) goes on with a warning each. Keys config.yaml lacks are not
+    compared: a later sccl version added them, and refusing them would refuse every resume
+    across an upgrade (the history records them). ``guarded``: whether the stage dir holds
+    anything to protect (read on the main process)."""
+    changes, problem = [], None
+    if accelerator.is_main_process and guarded and paths.config.is_file():
+        try:
+            old = read_config_file(paths.config)[0]
+        except (ConfigError, OSError) as e:
+            first = str(e).splitlines()[0]  # YAML's own message spans lines
+            problem = f"{first}; it records what {paths.dir} was trained with"
+        else:
+            changes = config_changes(old, to_dict(cfg), free, both=True)
+    changes, problem = dist.broadcast_object((changes, problem))
+    if problem and not allow:
+        raise ConfigError(f"{problem}: restore it, or pass --run.allow_config_change true")
+    if changes and not allow:
+        lines = "".join(f"\n  {change}" for change in changes)
+        raise ConfigError(
+            f"{paths.config}: {why} with {len(changes)} changed setting(s) that change the "
+            "training: pass --run.allow_config_change true to accept them (each run's settings "
+            f"stay in {paths.history.name}), or use a new --run.dir:{lines}")
+    if not accelerator.is_main_process:
+        return
+    for warning in [f"not compared: {problem}"] if problem else changes:
+        print(f"warning: run.allow_config_change: {warning}", file=sys.stderr, flush=True)
 
 
 def record_run(accelerator, cfg: Any, paths: StagePaths, resume_from: Path | None,
-               stage: str) -> None:
-    """Print the resolved config and git revision once (main process) and save them in the
-    stage dir; on resume, warn about every config value that changed (run.* excepted)."""
+               stage: str, step: int | None = None) -> None:
+    """Print the resolved config and git revision once (main process) and record them in the
+    stage dir: config.yaml becomes the settings the stage runs with now, and a line appended
+    to config_history.jsonl keeps them with the world size, the checkpoint resumed from (at
+    optimizer step ``step``) and the keys changed since the line before, so that what trained
+    earlier is never lost. Call it once the run goes on (nothing else refused it)."""
     if not accelerator.is_main_process:
         return
     revision = git_revision()
-    if resume_from is not None and paths.config.is_file():
-        old = read_config_file(paths.config)[0]
-        for change in config_changes(old, to_dict(cfg), ("run.",)):
-            print(f"warning: config changed since {resume_from.name}: {change}", file=sys.stderr)
+    info = run_info(accelerator, revision)
+    append_history(paths, {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stage": stage,
+        "git_revision": revision, "world_size": info["world_size"],
+        "distributed_type": info["distributed_type"], "mixed_precision": info["mixed_precision"],
+        "resumed_from": None if resume_from is None else str(resume_from),
+        "global_step": step, "config": to_dict(cfg)})
     save_config(cfg, paths.config, header=f"sccl {stage} config; git {revision}")
-    atomic_write_json(paths.info, run_info(accelerator, revision))
+    atomic_write_json(paths.info, info)
     print(f"sccl {stage}  git {revision}  world size {accelerator.num_processes}  "
           f"device {accelerator.device}\n{format_config(cfg).rstrip()}")
     print(f"resuming from {resume_from}" if resume_from else f"writing {paths.dir}", flush=True)
+
+
+def append_history(paths: StagePaths, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to config_history.jsonl with ``changes`` against the previous line's
+    config (the whole file rewritten atomically: it is never left with a partial line). A
+    stage dir written before the history existed gets its config.yaml as the first line."""
+    text = paths.history.read_text(encoding="utf-8") if paths.history.is_file() else ""
+    if not text and paths.config.is_file():
+        with contextlib.suppress(ConfigError, OSError):
+            text = json.dumps({"from": paths.config.name,
+                               "config": read_config_file(paths.config)[0]}) + "\n"
+    previous = _last_config(text)
+    changes = None if previous is None else config_changes(previous, entry["config"])
+    line = json.dumps({**entry, "changes": changes}, allow_nan=True)
+    atomic_write_text(paths.history, text + line + "\n")
+
+
+def _last_config(text: str) -> dict[str, Any] | None:
+    """The config of the last line of a history, or None (no line, or not readable)."""
+    lines = text.splitlines()
+    try:
+        config = json.loads(lines[-1])["config"] if lines else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def tracker_config(cfg: Any) -> dict[str, Any]:

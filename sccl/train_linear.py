@@ -13,12 +13,15 @@ Then, on the main process, ``Linear(256, 1)`` is trained with BCEWithLogits (pos
 epoch's classifier, its dev EER threshold and RUN/export (``SpoofDetector``) are written.
 Layout of RUN/stage2: sccl/linear.py. The stage directory is locked while the stage runs (a
 second run on it exits 2 naming the holder; docs/reliability.md). Paths are saved absolute.
-Exit codes: 0 done, 2 bad input (also: the stage directory in use).
+Rerunning a finished Stage 2 with settings that change its classifier (all but STAGE2_FREE)
+is refused unless ``--run.allow_config_change true``; every run's settings are kept in
+RUN/stage2/config_history.jsonl. Exit codes: see main().
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +36,13 @@ from sccl.config import (
     ConfigError,
     parse_config,
     report_input_error,
+    report_storage_error,
 )
 from sccl.data import DataConfig, ShardDirError
 from sccl.embed import EmbedError, EmbedOptions, collect, embed_share
 from sccl.fileio import file_sha256
 from sccl.linear import (
+    META,
     LinearConfig,
     RunMismatchError,
     fingerprint,
@@ -48,7 +53,7 @@ from sccl.linear import (
     stage1_weights,
     train_classifier,
 )
-from sccl.logs import JsonlLogger, StagePaths, record_run
+from sccl.logs import JsonlLogger, StagePaths, record_run, refuse_changes
 from sccl.model import ModelLoadError, SupConModel
 
 
@@ -64,6 +69,11 @@ class Stage2RunConfig:
     """Also write <dir>/export (SpoofDetector.save_pretrained)."""
     progress: bool = True
     """Print one line per epoch on the main process."""
+    allow_config_change: bool = False
+    """Rerun a finished Stage 2 with settings that change its classifier (Stage 1 weights,
+    shards, embedding, classifier training), replacing it and <dir>/export. Without it such a
+    rerun is refused (exit 2) listing each changed key; the same settings rerun freely. Each
+    run's settings stay in <dir>/stage2/config_history.jsonl."""
 
 
 @dataclass
@@ -86,6 +96,13 @@ class Stage2Config:
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
     embed: EmbedOptions = field(default_factory=EmbedOptions)
     linear: LinearConfig = field(default_factory=LinearConfig)
+
+
+# Keys a rerun of a finished Stage 2 may change freely: where the run is, what it prints and
+# exports, and how fast it embeds (loader workers; the batch size, which the embeddings do not
+# depend on: sccl.linear.fingerprint). Every other key changes the classifier.
+STAGE2_FREE = ("run.dir", "run.export", "run.progress", "run.allow_config_change",
+               "data.num_workers", "embed.batch_size")
 
 
 def labels_of(metas: list[dict], where: str) -> np.ndarray:
@@ -138,8 +155,13 @@ def run_stage2(cfg: Stage2Config) -> int:
     model.requires_grad_(False)
     claim = StageClaim(accelerator, paths, "Stage 2", None)  # exits 2 if in use
     try:
-        record_run(accelerator, cfg, paths, None, stage="Stage 2")
         weights_sha = file_sha256(weights)
+        finished = accelerator.is_main_process and finished_and_current(
+            run, paths, cfg.run.stage1, weights_sha)  # rank 0's answer counts alone
+        refuse_changes(accelerator, cfg, paths, STAGE2_FREE, cfg.run.allow_config_change,
+                       "rerunning a finished Stage 2 (replacing its classifier and export)",
+                       guarded=finished)
+        record_run(accelerator, cfg, paths, None, stage="Stage 2")
         splits = {}
         for split, shard_dir in (("train", data_cfg.train_shards), ("dev", data_cfg.dev_shards)):
             splits[split] = embeddings(split, shard_dir, model, data_cfg, cfg.embed, weights_sha,
@@ -151,6 +173,19 @@ def run_stage2(cfg: Stage2Config) -> int:
         claim.release()
         accelerator.end_training()
     return 0
+
+
+def finished_and_current(run: Path, paths: StagePaths, which: str, weights_sha: str) -> bool:
+    """Whether RUN/stage2 holds a finished Stage 2 that still matches the Stage 1 weights it
+    was trained on: what a rerun with other settings would replace. A stale one (Stage 1
+    trained again since; evaluation refuses it) is replaced freely."""
+    try:
+        meta = json.loads((paths.dir / META).read_text(encoding="utf-8"))
+        used = meta.get("stage1_which", "best")
+        sha = weights_sha if used == which else file_sha256(stage1_weights(run, used))
+    except (OSError, ValueError, AttributeError, RunMismatchError):
+        return False
+    return meta.get("stage1_weights_sha256") == sha
 
 
 def _absolute(path: str) -> str:
@@ -190,13 +225,21 @@ def fit_and_save(cfg: Stage2Config, run: Path, paths: StagePaths, splits: dict,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit code 0 done, 2 bad input (config, run directory, shards)."""
+    """Entry point; the exit code: 0 done; 2 bad input (config, run directory, shards, a
+    rerun of a finished Stage 2 with settings that change it) or storage that fails (the run
+    directory's disk full, over quota, read-only, forbidden), in one line ``error: ...``
+    naming the file or key (the path and the cause for storage; rank k > 0 of a launch writes
+    ``error (rank k): ...``); 128 + the signal when SIGTERM / SIGUSR1 stopped it. Anything
+    else raises, with its traceback (exit 1)."""
+    cfg = None
     try:
         cfg = parse_config(Stage2Config, argv, prog="python -m sccl.train_linear")
         with exit_on_stop_signals():  # a stop unwinds: the stage lock is released
             return run_stage2(cfg)
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError) as e:
         return report_input_error(e)
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, a read-only run directory
+        return report_storage_error(e, cfg.run.dir if cfg else None)
 
 
 if __name__ == "__main__":

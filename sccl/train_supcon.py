@@ -17,9 +17,10 @@ Resume: rerun the same command (``--run.resume auto``, the default; a damaged ne
 checkpoint is skipped with a warning). SIGTERM, SIGINT or SIGUSR1 (to the launcher, or to every
 process of the job at once as Slurm sends them) make every rank checkpoint at the next
 optimizer step, or at once during the dev evaluation, and exit 0. The stage directory is
-locked while the run lasts: a second run on it exits 2 naming the holder. Guarantees and their
-tests: docs/reliability.md. Exit codes: 0 done or preempted, 2 bad input (config, model path,
-shards, a run directory in use, no intact checkpoint), 3 too many non-finite losses.
+locked while the run lasts: a second run on it exits 2 naming the holder. A resume refuses
+settings that change the training unless ``--run.allow_config_change true`` (the keys it may
+change freely: RESUME_FREE, docs/config.md); every start's settings are kept in
+config_history.jsonl. Guarantees and their tests: docs/reliability.md. Exit codes: see main().
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ import torch
 
 from sccl import accel, debug, dist, logs
 from sccl import checkpoint as ck
-from sccl.config import ConfigError, RunConfig, parse_config, report_input_error
+from sccl.config import (
+    ConfigError,
+    RunConfig,
+    parse_config,
+    report_input_error,
+    report_storage_error,
+)
 from sccl.data import (
     CorruptDataError,
     DataConfig,
@@ -85,6 +92,17 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# Keys a resume may change freely: where the run lives, how it resumes, logs, checkpoints and
+# when it gives up or stops, and gradient checkpointing (the same gradients for less memory).
+# Every other key changes what the resumed run trains (data and its order, augmentation,
+# model, loss, batch, optimizer, seed, precision): changing one needs run.allow_config_change.
+RESUME_FREE = ("run.dir", "run.resume", "run.log_every", "run.save_every_steps",
+               "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.max_steps",
+               "run.tensorboard", "run.progress", "run.stop_after_steps", "run.rank_checksums",
+               "run.allow_config_change", "data.max_corrupt_share",
+               "model.gradient_checkpointing")
 
 
 def supcon_step_loss(z, labels, queue_z, queue_labels, cfg: LossConfig):
@@ -207,6 +225,9 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
         accel.seed_all(cfg.run.seed)  # identical initial weights on every rank
         model = SupConModel(cfg.model)
         cfg.model = model.cfg  # the SpecAugment values it resolved go into config.yaml
+        if claim.resume_from is not None:  # the checkpoint was trained with config.yaml's
+            logs.refuse_changes(acc, cfg, paths, RESUME_FREE, cfg.run.allow_config_change,
+                                f"resuming from {claim.resume_from.name}")
         groups = model.param_groups(o.encoder_lr, o.head_lr, o.weight_decay,
                                     exclude_norm_bias=o.exclude_norm_bias)
         optimizer, scheduler = build_optimizer(groups, o, n_micro // o.grad_accum_steps * o.epochs)
@@ -221,10 +242,10 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
             state = ck.load_checkpoint(acc, claim.resume_from, queue)
         else:
             accel.seed_all(cfg.run.seed + rank)  # distinct dropout on every rank from here on
-        logs.record_run(acc, cfg, paths, claim.resume_from, stage="Stage 1")
-        if state.finished:
+        if state.finished:  # writes nothing: config.yaml stays what trained the weights
             acc.print("this run has already finished; nothing to do")
             return 0
+        logs.record_run(acc, cfg, paths, claim.resume_from, "Stage 1", state.global_step)
         if stop.agreed(device):
             acc.print("stopped by a signal before the first step; nothing new to save; "
                       "rerun the same command to resume")
@@ -376,19 +397,27 @@ def _fmt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit code 0 done/preempted, 2 bad input, 3 too many NaN/inf losses."""
+    """Entry point; the exit code: 0 done or preempted; 2 bad input (config, model path,
+    shards, a run directory in use, no intact checkpoint, a resume with settings that change
+    the training) or storage that fails (the run directory's disk full, over quota,
+    read-only, forbidden), in one line ``error: ...`` naming the file or key (the path and
+    the cause for storage; rank k > 0 of a launch writes ``error (rank k): ...``); 3 too
+    many NaN/inf losses in a row. Anything else raises, with its traceback (exit 1)."""
     try:
         cfg = parse_config(TrainConfig, argv, prog="python -m sccl.train_supcon")
     except ConfigError as e:
         return report_input_error(e)
+    except OSError as e:  # the config file cannot be read
+        return report_storage_error(e, None)
     stop = accel.StopSignal()  # before anything slow: a signal from here on is not lost
     try:
         return train(cfg, stop)
     except (ConfigError, ModelLoadError, ShardDirError, CorruptDataError) as e:
         return report_input_error(e)
     except ck.NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return report_input_error(e, code=3)
+    except (OSError, RuntimeError) as e:  # a full disk, a quota, a read-only run directory
+        return report_storage_error(e, cfg.run.dir)
     finally:
         stop.close()
 

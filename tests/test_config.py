@@ -15,7 +15,10 @@ from sccl.config import (
     config_help,
     field_docs,
     format_config,
+    leaf_keys,
     parse_config,
+    report_input_error,
+    report_storage_error,
     resolve_key,
     save_config,
     to_dict,
@@ -232,3 +235,53 @@ def test_shipped_stage1_configs_load():
     for path in shipped:
         cfg = parse_config(TrainConfig, ["--config", str(path), "--run.dir", "x"])
         assert cfg.run.dir == "x" and cfg.model.encoder
+
+
+def test_keys_a_rerun_may_change_are_keys_of_their_stage():
+    # a renamed key left in these lists would silently become one a rerun may not change
+    from sccl.train_linear import STAGE2_FREE, Stage2Config
+    from sccl.train_supcon import RESUME_FREE, TrainConfig
+
+    for free, cls in ((RESUME_FREE, TrainConfig), (STAGE2_FREE, Stage2Config)):
+        assert set(free) <= set(leaf_keys(cls)), set(free) - set(leaf_keys(cls))
+
+
+@pytest.mark.parametrize(("rank", "prefix"), [(None, "error: "), ("0", "error: "),
+                                               ("3", "error (rank 3): ")])
+def test_input_error_line_names_the_rank_that_prints_it(monkeypatch, capsys, rank, prefix):
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert report_input_error(ConfigError("c.yaml:3: data.batch_size: bad"), code=3) == 3
+    assert capsys.readouterr().err == prefix + "c.yaml:3: data.batch_size: bad\n"
+
+
+@pytest.mark.dist
+def test_input_error_reaches_the_log_whichever_rank_exits_first():
+    # rank 1 exits first, torchrun SIGTERMs rank 0 before it reports, rank 2 never meets the
+    # error: with rank 0 alone printing, the log held no error line at all
+    from tests.eval_fixtures import ROOT, accelerate_launch
+
+    proc = accelerate_launch(ROOT / "tests" / "dist_scripts" / "dist_error_check.py", [],
+                             procs=3, timeout=120)
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error")]
+    assert "error (rank 1): bad.yaml:3: loss.temperature: expected a number, got 'x' (str)" \
+        in lines, proc.stderr[-3000:]
+    assert len(lines) == len(set(lines)) <= 2  # once per rank that met it
+
+
+def test_storage_failures_become_one_line_and_other_errors_raise(monkeypatch, capsys, tmp_path):
+    import errno
+
+    monkeypatch.delenv("RANK", raising=False)
+    read_only = OSError(errno.EROFS, "Read-only file system", "/runs/x/stage1")
+    assert report_storage_error(read_only, "/runs/x") == 2
+    assert capsys.readouterr().err == "error: /runs/x/stage1: read-only file system\n"
+    assert report_storage_error(OSError(errno.ENOSPC, "No space left"), "/runs/x") == 2
+    assert capsys.readouterr().err == "error: /runs/x: no space left on the device\n"
+    with pytest.raises(OSError, match="I/O"):  # not the storage's fault as far as we know
+        report_storage_error(OSError(errno.EIO, "I/O error", "/runs/x"), "/runs/x")
+    with pytest.raises(RuntimeError, match="bug"):  # with free space left: a bug
+        report_storage_error(RuntimeError("a bug"), tmp_path)

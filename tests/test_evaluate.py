@@ -326,7 +326,7 @@ def test_second_call_adds_its_sets_and_removes_stale_files(trained, tmp_path, ca
     # switched off: the old ones no longer describe the results
     capsys.readouterr()
     assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS, "--run.export", "false",
-                        "--linear.seed", "7"]) == 0
+                        "--linear.seed", "7", "--run.allow_config_change", "true"]) == 0
     assert eval_main(_eval_args(run, f"c={sets['evalC']}", "--eval.plots", "false",
                                 "--eval.tsne_points", "0")) == 0
     assert list(json.loads((ev / "results.json").read_text())["sets"]) == ["c"]
@@ -408,6 +408,18 @@ def test_second_evaluation_of_a_run_at_once_exits_2(trained, capsys):
         assert eval_main(_eval_args(run, f"a={sets['evalA']}", "--eval.plots", "false")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is in use" in err and "held by pid" in err
+
+
+def test_evaluation_of_a_read_only_run_exits_2_with_one_line(trained, capsys):
+    from tests.mounts import read_only
+
+    run, sets = trained
+    with read_only(run):
+        code = eval_main(_eval_args(run, f"a={sets['evalA']}", "--eval.plots", "false"))
+    err = capsys.readouterr().err
+    errors = [x for x in err.splitlines() if x.startswith("error")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert errors[0].startswith(f"error: {run}") and "read-only file system" in errors[0], err
 
 
 # ------------------------------------------------------------------- detection costs

@@ -199,6 +199,47 @@ def test_stage2_stopped_by_sigterm_releases_its_lock(stage2_run, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
 
 
+def test_stage2_rerun_with_other_settings_is_refused_unless_asked(stage2_run, tmp_path,
+                                                                  capsys):
+    import shutil
+
+    run, sets = stage2_run
+    run = shutil.copytree(run, tmp_path / "run")
+    s2 = run / "stage2"
+    args = ["--run.dir", str(run), *STAGE2_ARGS, "--run.export", "false"]
+
+    def kept() -> dict[str, bytes]:
+        return {n: (s2 / n).read_bytes() for n in ("config.yaml", "config_history.jsonl",
+                                                    "classifier.safetensors", "meta.json")}
+
+    before = kept()
+    capsys.readouterr()
+    assert stage2_main([*args, "--linear.seed", "7", "--embed.batch_size", "2"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert "rerunning a finished Stage 2" in lines[0] and "allow_config_change" in lines[0]
+    assert lines[1:] == ["  linear.seed: 42 -> 7"]  # embed.batch_size changes no embedding
+    assert kept() == before
+    assert stage2_main([*args, "--linear.seed", "7", "--run.allow_config_change", "true"]) == 0
+    history = [json.loads(x) for x in (s2 / "config_history.jsonl").read_text().splitlines()]
+    assert len(history) == before["config_history.jsonl"].count(b"\n") + 1
+    assert "linear.seed: 42 -> 7" in history[-1]["changes"]
+    # Stage 1 trained again: the old classifier no longer counts and is replaced freely
+    make_stage1_run(run, sets["train"], sets["dev"], seed=1)
+    assert stage2_main([*args, "--linear.seed", "8"]) == 0
+
+
+def test_stage2_on_a_read_only_run_exits_2_with_one_line(stage2_run, capsys):
+    from tests.mounts import read_only
+
+    run, _ = stage2_run
+    with read_only(run):
+        code = stage2_main(["--run.dir", str(run), *STAGE2_ARGS])
+    err = capsys.readouterr().err
+    errors = [x for x in err.splitlines() if x.startswith("error")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert errors[0].startswith(f"error: {run}") and "read-only file system" in errors[0], err
+
+
 def test_logit_minus_prior_log_odds_is_the_llr():
     # Classes N(+1, 1) (bona fide) and N(-1, 1): the true LLR is 2x. A logistic fit with
     # pos_weight 3 on 2000 bona fide / 8000 spoof learns 2x + log(3 * 2000 / 8000).

@@ -197,7 +197,8 @@ def test_nonfinite_losses_stop_with_checkpoint_intact(corpus, tmp_path):
     before = (ckpt / "trainer_state.json").read_text()
     # An absurd temperature turns every loss into NaN: steps are skipped, then the run stops.
     proc = run(command(cfg, run_dir, "--loss.temperature", "1e-40",
-                       "--run.max_consecutive_nonfinite", "2"))
+                       "--run.max_consecutive_nonfinite", "2",
+                       "--run.allow_config_change", "true"))  # a resume: the change is asked for
     assert proc.returncode == 3, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "2 consecutive steps" in errors[0]
@@ -237,6 +238,59 @@ def test_bad_input_exits_2_with_one_line(corpus, tmp_path, capsys, fresh_acceler
     assert len(errors) == 1 and needle in errors[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # no run directory left behind
+
+
+def test_resume_refuses_training_changes_and_keeps_every_start(corpus, tmp_path, capsys,
+                                                                fresh_accelerate_state):
+    cfg = tiny_config(tmp_path, corpus)
+    run_dir = tmp_path / "run"
+    stage = run_dir / "stage1"
+    args = ["--config", cfg, "--run.dir", str(run_dir)]
+
+    def written() -> dict[str, bytes]:
+        return {n: (stage / n).read_bytes()
+                for n in ("config.yaml", "config_history.jsonl", "run_info.json")}
+
+    assert main([*args, "--run.stop_after_steps", "1"]) == 0  # a checkpoint at step 1
+    before = written()
+    changed = ["--loss.temperature", "0.1", "--optim.head_lr", "1e-3"]
+    capsys.readouterr()
+    assert main([*args, *changed]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[1:] == ["  loss.temperature: 0.3 -> 0.1",
+                                    "  optim.head_lr: 0.003 -> 0.001"], err
+    assert err.startswith(f"error: {stage / 'config.yaml'}: resuming from step-00000001 with 2")
+    assert "Traceback" not in err and written() == before
+    assert main([*args, *changed, "--run.allow_config_change", "true"]) == 0  # to the end
+    history = [json.loads(x) for x in (stage / "config_history.jsonl").read_text().splitlines()]
+    assert [(h["global_step"], h["world_size"]) for h in history] == [(0, 1), (1, 1)]
+    assert {"loss.temperature: 0.3 -> 0.1", "optim.head_lr: 0.003 -> 0.001",
+            "run.stop_after_steps: 1 -> 0"} <= set(history[1]["changes"])
+    assert parse_config(TrainConfig, ["--config", str(stage / "config.yaml")]).loss.temperature \
+        == 0.1
+    # A finished run: refused in the same way, and "nothing to do" writes nothing.
+    finished = written()
+    other = ["--data.train_shards", str(corpus["dev"])]
+    assert main([*args, *changed, *other]) == 2
+    assert "\n  data.train_shards: " in capsys.readouterr().err
+    assert main([*args, *other, "--run.allow_config_change", "true"]) == 0
+    assert "already finished; nothing to do" in capsys.readouterr().out
+    assert written() == finished
+
+
+def test_read_only_run_dir_exits_2_with_one_line(corpus, tmp_path, capsys,
+                                                 fresh_accelerate_state):
+    from tests.mounts import read_only
+
+    place = tmp_path / "ro"
+    place.mkdir()
+    with read_only(place):
+        code = main(["--config", tiny_config(tmp_path, corpus), "--run.dir", str(place / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    errors = [x for x in err.splitlines() if x.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {place / 'run'}"), err
+    assert "read-only file system" in errors[0], err
 
 
 class RecordingQueue(EmbeddingQueue):
@@ -321,9 +375,11 @@ def test_second_run_on_the_same_dir_exits_2_naming_the_holder(corpus, tmp_path):
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err[-3000:]
     assert second.returncode != 0
-    errors = [x for x in second.stderr.splitlines() if x.startswith("error:")]
-    assert len(errors) == 1, second.stderr[-3000:]  # printed once, by rank 0
-    assert "in use" in errors[0] and f"held by pid {first.pid}" in errors[0], errors
+    # once by each rank that printed it before torchrun stopped it: "error: ..." by rank 0,
+    # "error (rank 1): ..." by rank 1
+    errors = [x for x in second.stderr.splitlines() if x.startswith("error")]
+    assert 1 <= len(errors) == len({x.split(":")[0] for x in errors}) <= 2, second.stderr[-3000:]
+    assert all("in use" in x and f"held by pid {first.pid}" in x for x in errors), errors
     steps = [s["global_step"] for s in log_lines(run_dir)[0]]
     assert steps == list(range(1, len(steps) + 1))  # one writer: nothing interleaved
 
