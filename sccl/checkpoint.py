@@ -409,6 +409,8 @@ class StageClaim:
                     check_processes(checkpoint, accelerator.num_processes)
             except (LockHeldError, ConfigError) as e:
                 error = str(e)
+            except OSError as e:  # a read-only or full run directory: every rank must hear it
+                error = storage_problem(e, paths.dir) or f"{paths.dir}: {e}"
         checkpoint, error = dist.broadcast_object((checkpoint, error))
         if error is not None:
             self.release()

@@ -149,6 +149,13 @@ def test_two_processes_queue_and_resume_after_sigterm(corpus, tmp_path):
     state = json.loads((cut / "stage1/checkpoints/step-00000003/trainer_state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["finished"]) == (2, 1, False)
 
+    # A requeue onto one process is refused with one line; the checkpoint stays as it was.
+    fewer = run(command(cfg, cut))
+    errors = [x for x in fewer.stderr.splitlines() if x.startswith("error")]
+    assert fewer.returncode == 2 and "Traceback" not in fewer.stderr, fewer.stderr
+    assert len(errors) == 1 and "was written by 2 processes, this run has 1" in errors[0]
+    assert sorted(p.name for p in (cut / "stage1" / "checkpoints").iterdir()) == ckpts
+
     resumed = run(command(cfg, cut, launch="cpu_2proc.yaml"))  # the same command again
     check_ok(resumed)
     assert "resuming from" in resumed.stdout
@@ -291,6 +298,36 @@ def test_read_only_run_dir_exits_2_with_one_line(corpus, tmp_path, capsys,
     errors = [x for x in err.splitlines() if x.startswith("error")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {place / 'run'}"), err
     assert "read-only file system" in errors[0], err
+
+
+def test_full_disk_exits_2_naming_it_and_the_rerun_resumes_exactly(corpus, tmp_path, capsys,
+                                                                   fresh_accelerate_state):
+    from tests.mounts import fill, small_disk
+
+    cfg = tiny_config(tmp_path, corpus)
+    assert main(["--config", cfg, "--run.dir", str(tmp_path / "full")]) == 0
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        run_dir = disk / "run"
+        args = ["--config", cfg, "--run.dir", str(run_dir)]
+        assert main([*args, "--run.stop_after_steps", "1"]) == 0  # step-1 (about 650 kB)
+        # Room for best/ and last/ (about 190 kB each), not for the next checkpoint's 620 kB.
+        fill(disk, leave=500_000)
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        errors = [x for x in err.splitlines() if x.startswith("error")]
+        assert len(errors) == 1 and "no space left on the device" in errors[0], err
+        assert str(run_dir / "stage1") in errors[0] and "Traceback" not in err, err
+        ckpts = run_dir / "stage1" / "checkpoints"
+        assert [p.name for p in ckpts.iterdir()] == ["step-00000001"]  # no .tmp-* left
+        assert not (run_dir / "stage1" / ".lock").exists()
+        (disk / ".filler").unlink()  # space freed: the same command resumes
+        assert main(args) == 0
+        cut = weights(run_dir)
+    full = weights(tmp_path / "full")
+    assert cut.keys() == full.keys()
+    for name in full:
+        torch.testing.assert_close(cut[name], full[name], rtol=0, atol=1e-6, msg=name)
 
 
 class RecordingQueue(EmbeddingQueue):
