@@ -11,7 +11,8 @@ Run directory of a stage (``StagePaths``; Stage 1 = ``<run>/stage1``):
     <run>/<stage>/log.jsonl          one JSON object per logging step (and one per epoch)
     <run>/<stage>/tb/                TensorBoard event files (Accelerate tracker)
     <run>/<stage>/checkpoints/step-NNNNNNNN/   resumable state (sccl/checkpoint.py)
-    <run>/<stage>/best/, last/       weights only: model_config.json + model.safetensors + info.json
+    <run>/<stage>/best/, last/       weights only: model_config.json + model.safetensors +
+                                     integrity.json + info.json
 """
 
 from __future__ import annotations
