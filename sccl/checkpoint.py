@@ -36,7 +36,7 @@ import torch
 from sccl import dist, safeload
 from sccl.accel import local_shards, params_sharded
 from sccl.config import ConfigError
-from sccl.fileio import atomic_write_json, file_sha256, storage_problem
+from sccl.fileio import atomic_write_json, file_sha256, replace_dir, storage_problem
 from sccl.lock import DirLock, LockHeldError
 from sccl.logs import StagePaths
 
@@ -133,11 +133,12 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, queue_state: d
     final = root / f"step-{state.global_step:08d}"
     tmp = root / f".tmp-{final.name}"
     main = accelerator.is_main_process
-    if main:  # debris of a run killed while saving
-        for debris in root.glob(".tmp-step-*"):
-            shutil.rmtree(debris, ignore_errors=True)
+    if main:
+        remove_debris(root)
     accelerator.wait_for_everyone()
-    with _removed_on_failure(tmp, root, remove=main):
+    # One process removes what it wrote at once; with several, the others may still be
+    # writing their shards into tmp: the next claim or save removes it.
+    with _removed_on_failure(tmp, root, remove=main and accelerator.num_processes == 1):
         accelerator.save_state(str(tmp))
         if main:
             torch.save(queue_state, tmp / "queue.pt")
@@ -146,11 +147,18 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, queue_state: d
     if main:
         with _removed_on_failure(tmp, root):
             write_manifest(tmp, accelerator.num_processes)
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def remove_debris(root: Path) -> None:
+    """Remove the ``.tmp-step-*`` directories of saves that a kill or a full disk cut short
+    (main process, under the stage lock: nobody else writes there then)."""
+    for debris in root.glob(".tmp-step-*"):
+        shutil.rmtree(debris, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -182,19 +190,6 @@ def _storage_error(err: Exception, where: Path) -> OSError | None:
     if code is None or storage_problem(OSError(code, os.strerror(code))) is None:
         return None
     return OSError(code, os.strerror(code), str(where))
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``, replacing an existing ``dst`` without a moment with none."""
-    old = dst.with_name(f".old-{dst.name}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-    with contextlib.suppress(OSError):  # make the renames durable
-        fd = os.open(dst.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
 
 
 def write_manifest(ckpt: Path, processes: int) -> None:
@@ -232,7 +227,7 @@ def export_weights(accelerator, model, out: Path, info: dict[str, Any]) -> None:
         with _removed_on_failure(tmp, out):
             accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state)
             atomic_write_json(tmp / "info.json", info)
-            _replace_dir(tmp, out)
+            replace_dir(tmp, out)
     accelerator.wait_for_everyone()
 
 
@@ -370,9 +365,11 @@ def load_checkpoint(accelerator, path: Path, queue) -> TrainerState:
     """Restore Accelerate state (model, optimizer, scheduler, every rank's RNG) and the queue
     from ``path`` (verified intact and written by as many processes by ``StageClaim``);
     return the trainer state. Every ``torch.load`` meanwhile is weights-only
-    (``safeload.weights_only_loads``), so not even a file changed since it was verified runs
-    code. A checkpoint that does not fit the current config (model, queue size changed) is a
-    ``ConfigError``; nothing continues from a partial load."""
+    (``safeload.weights_only_loads``), so a file changed since it was verified runs no code
+    either (except DCP's ``.metadata``, which DCP unpickles itself: a change in the moments
+    since its check is not covered). Every rank checks that its random streams now hold
+    the saved states. A checkpoint that does not fit the current config (model, queue size
+    changed) is a ``ConfigError`` on every rank; nothing continues from a partial load."""
     advice = (f"cannot resume from {path} (its files are intact): {{}}. Did the model or the "
               "loss change? Use a new --run.dir (or --run.resume PATH)")
     try:
@@ -382,8 +379,14 @@ def load_checkpoint(accelerator, path: Path, queue) -> TrainerState:
         state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
         if queue_state is not None:
             queue.load_state_dict(queue_state)
+        rng = safeload.rng_restored(path / f"random_states_{accelerator.process_index}.pkl")
     except (RuntimeError, ValueError, KeyError, TypeError, OSError, pickle.UnpicklingError) as e:
         raise ConfigError(advice.format(e)) from e
+    lost = torch.tensor([float(rng is not None)], device=accelerator.device)
+    if dist.all_reduce_sum(lost).item() > 0:  # every rank stops, none waits in a collective
+        raise ConfigError(f"cannot resume from {path}: "
+                          f"{rng or 'the random state of another process was not restored'}"
+                          "; the file changed since it was checked, or is damaged")
     return state
 
 
@@ -403,6 +406,7 @@ class StageClaim:
         if accelerator.is_main_process:
             try:
                 self.lock = DirLock(paths.dir, what=f"{what} of {paths.root}").acquire()
+                remove_debris(paths.checkpoints)  # frees the space a failed save held
                 if resume is not None:
                     checkpoint = choose_checkpoint(resume, paths.checkpoints)
                 if checkpoint is not None:

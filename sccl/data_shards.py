@@ -116,12 +116,19 @@ def load_shard_set(shard_dir: str) -> ShardSet:
     return ShardSet(shard_dir, manifest, shards, counts, split, attacks)
 
 
+def inside_name(name: object) -> bool:
+    """Whether a manifest's shard ``name`` is a file name inside the shard directory: a
+    manifest is data anyone can edit, and no reader may open ``../x`` or ``/abs/x`` for it."""
+    return isinstance(name, str) and "/" not in name and name not in ("", ".", "..") \
+        and "\0" not in name
+
+
 def _shard_entry(shard_dir: str, path: str, i: int, entry) -> Shard:
     try:
         name, n, label = entry["name"], int(entry["num_samples"]), entry.get("label")
     except (KeyError, TypeError, ValueError) as err:
         raise ShardDirError(f"{path}: shards[{i}] is malformed ({err})") from None
-    if label not in (*LABELS, None) or n < 0 or "/" in name:
+    if label not in (*LABELS, None) or n < 0 or not inside_name(name):
         raise ShardDirError(f"{path}: shards[{i}] has a bad label, count or name: {entry}")
     tar = os.path.join(shard_dir, name)
     if not os.path.isfile(tar):

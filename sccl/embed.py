@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sccl import dist
+from sccl.data_shards import inside_name
 
 Crop = Literal["first", "full", "windows"]
 CROPS = get_args(Crop)
@@ -85,6 +86,15 @@ def check_window(opts: EmbedOptions, model, sample_rate: int,
                          "Hz), or 0 for half the window")
 
 
+def check_embed_window(opts: EmbedOptions, model, sample_rate: int) -> None:
+    """``check_window`` of the ``embed`` section of Stage 2 and evaluation: an ``EmbedError``,
+    their one-line input error."""
+    try:
+        check_window(opts, model, sample_rate, ("embed.seconds", "embed.hop_seconds"))
+    except ValueError as err:
+        raise EmbedError(str(err)) from None
+
+
 @dataclass
 class Embedded:
     """Gathered, deduplicated embeddings of one shard directory, in key order of the metadata."""
@@ -116,8 +126,8 @@ def read_shard_metadata(shard_dir: str | Path) -> tuple[dict, list[dict]]:
     manifest = read_manifest(shard_dir)
     metas: list[dict] = []
     for entry in manifest.get("shards", []):
-        name = str(entry["name"])
-        if "/" in name or name in ("", ".", ".."):  # never read outside the shard directory
+        name = entry["name"]
+        if not inside_name(name):  # never read outside the shard directory
             raise EmbedError(f"{shard_dir / 'manifest.json'}: shard name {name!r} is not a "
                              "file name inside the directory")
         path = shard_dir / name
@@ -257,10 +267,7 @@ def embed_share(model: torch.nn.Module, shard_dir: str | Path, data_cfg, opts: E
     exceed the number of trials only if the loader repeated a valid row; see ``collect``)."""
     from sccl.data import build_eval_loader
 
-    try:
-        check_window(opts, model, data_cfg.sample_rate, ("embed.seconds", "embed.hop_seconds"))
-    except ValueError as err:  # every rank finds it: all raise the same input error
-        raise EmbedError(str(err)) from None
+    check_embed_window(opts, model, data_cfg.sample_rate)  # every rank: the same EmbedError
     device = next(model.parameters()).device
     seconds = opts.seconds if opts.crop == "first" else 0.0
     loader = build_eval_loader(str(shard_dir), data_cfg, rank=rank, world_size=world_size,

@@ -60,6 +60,7 @@ from sccl.data import ShardDirError
 from sccl.embed import (
     EmbedError,
     EmbedOptions,
+    check_embed_window,
     collect,
     embed_share,
     read_shard_metadata,
@@ -277,9 +278,10 @@ def run_eval(cfg: EvalConfig) -> int:
     # One evaluation at a time per run: a second one would merge into results.json unseen.
     claim = StageClaim(accelerator, paths, "evaluation", None)  # exits 2 if in use
     try:
-        record_run(accelerator, cfg, paths, None, stage="evaluation")
         model = SupConModel.from_pretrained(run / "stage1" / meta.get("stage1_which", "best"))
         model = model.to(accelerator.device).eval().requires_grad_(False)
+        check_embed_window(cfg.embed, model, data_cfg.sample_rate)  # before recording
+        record_run(accelerator, cfg, paths, None, stage="evaluation")
         scored = {}
         for name, shard_dir in sets:
             scored[name] = score_set(name, shard_dir, model, data_cfg, cfg, weight, bias,
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError,
             TrialError, ScoreFileError, AsvScoreError) as e:
         return report_input_error(e)
-    except (OSError, RuntimeError) as e:  # a full disk, a quota, a read-only run directory
+    except OSError as e:  # a full disk, a quota, a read-only run directory
         return report_storage_error(e, cfg.run.dir if cfg else None)
 
 

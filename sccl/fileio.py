@@ -71,6 +71,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename directory ``src`` to ``dst``, replacing an existing ``dst`` without a moment
+    with none (a reader sees the old directory or the new one, whole)."""
+    old = dst.with_name(f".old-{dst.name}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):  # make the renames durable
+        fd = os.open(dst.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
 def file_sha256(path: str | os.PathLike, block: int = 1 << 23) -> str:
     """Hex sha256 of a file's bytes, read in blocks (checkpoints hash gigabytes)."""
     h = hashlib.sha256()

@@ -119,6 +119,7 @@ def refuse_changes(accelerator, cfg: Any, paths: StagePaths, free: tuple[str, ..
             problem = f"{first}; it records what {paths.dir} was trained with"
         else:
             changes = config_changes(old, to_dict(cfg), free, both=True)
+            changes += _launcher_changes(accelerator, paths)
     changes, problem = dist.broadcast_object((changes, problem))
     if problem and not allow:
         raise ConfigError(f"{problem}: restore it, or pass --run.allow_config_change true")
@@ -132,6 +133,18 @@ def refuse_changes(accelerator, cfg: Any, paths: StagePaths, free: tuple[str, ..
         return
     for warning in [f"not compared: {problem}"] if problem else changes:
         print(f"warning: run.allow_config_change: {warning}", file=sys.stderr, flush=True)
+
+
+def _launcher_changes(accelerator, paths: StagePaths) -> list[str]:
+    """The mixed precision the launcher chose (``run.mixed_precision: null`` leaves it to the
+    Accelerate config), compared with run_info.json's: bf16 weights resumed in fp32 train
+    differently, yet no key of config.yaml changed."""
+    try:
+        before = json.loads(paths.info.read_text(encoding="utf-8")).get("mixed_precision")
+    except (OSError, ValueError, AttributeError):
+        return []  # an older stage dir, or none: nothing recorded to compare with
+    now = accelerator.mixed_precision
+    return [] if before in (None, now) else [f"mixed precision (launcher): {before!r} -> {now!r}"]
 
 
 def record_run(accelerator, cfg: Any, paths: StagePaths, resume_from: Path | None,

@@ -134,6 +134,24 @@ def check_rng_states(states: Any) -> None:
         raise TypeError("step is not an int")
 
 
+def rng_restored(path: Path) -> str | None:
+    """None when this process's CPU random streams (Python, numpy, torch) now hold the states
+    in ``path`` (Accelerate's ``random_states_<rank>.pkl``, just loaded), else what differs.
+    Accelerate skips a state it cannot set with a log line at info level, also when the file
+    changed after it was checked: comparing afterwards is what makes that skip loud."""
+    states = load(path)
+    streams = [("Python", random.getstate() == tuple(states["random_state"])),
+               ("torch", torch.equal(torch.get_rng_state(), states["torch_manual_seed"]))]
+    mine = np.random.get_state()
+    saved = states["numpy_random_seed"]
+    streams.append(("numpy", mine[0] == saved[0] and np.array_equal(mine[1], saved[1])
+                    and tuple(mine[2:]) == tuple(saved[2:])))
+    # CUDA streams are not compared: a requeue may see another number of devices per
+    # process (the saved ones are still checked to be generator states, check_rng_states).
+    lost = [name for name, ok in streams if not ok]
+    return f"{path}: the {', '.join(lost)} random state was not restored" if lost else None
+
+
 def file_problem(path: Path) -> str | None:
     """None when ``path`` is no pickle or reads back as data (an RNG state: one that can be
     set), else ``"<path>: <what is wrong>"``."""

@@ -49,6 +49,7 @@ import math
 import numbers
 import os
 import re
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -62,8 +63,9 @@ import torch
 from torch import nn
 
 from sccl.config import ConfigError, from_dict
+from sccl.data_shards import inside_name
 from sccl.embed import EmbedOptions, check_window, embed_waves
-from sccl.fileio import atomic_write_bytes, read_json_object, storage_problem
+from sccl.fileio import atomic_write_bytes, read_json_object, replace_dir, storage_problem
 from sccl.linear import RunMismatchError, linear_scores, llr_map, load_stage2
 from sccl.model import (
     RECORD_NAME,
@@ -249,7 +251,7 @@ class SpoofDetector(nn.Module):
                                           and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         opts = EmbedOptions(crop=crop,
-                            seconds=self.seconds if seconds is None else float(seconds),
+                            seconds=float(seconds or self.seconds),  # 0: the default
                             hop_seconds=float(hop_seconds or 0.0), batch_size=max(1, batch_size))
         if crop != "full":
             check_window(opts, self.model, self.sample_rate,
@@ -422,9 +424,19 @@ def load_detector(path: str | Path) -> SpoofDetector:
 
 
 def export_run(run: str | Path, out: str | Path | None = None) -> Path:
-    """Write RUN/export (or ``out``) from a finished Stage 2 run."""
+    """Write RUN/export (or ``out``) from a finished Stage 2 run, whole or not at all: it is
+    written beside, then renamed over the old one (a full disk leaves the old export)."""
     det = SpoofDetector.from_run(run)
-    return det.save_pretrained(Path(out) if out else Path(run) / "export")
+    out = Path(out) if out else Path(run) / "export"
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        det.save_pretrained(tmp)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -472,6 +484,10 @@ def _iter_shard_dir(shard_dir: Path) -> Iterator[Input]:
                                                f"{_one_line(err)}")
         return
     for name in names:
+        if not inside_name(name):  # a manifest is data: never open a file outside the dir
+            yield str(manifest_path), ScoringError(f"{manifest_path}: shard name {name!r} is "
+                                                   "not a file name inside the directory")
+            continue
         tar_path = shard_dir / name
         try:
             with tarfile.open(tar_path, mode="r:") as tar:
@@ -565,8 +581,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="windows: mean over windows (default); first: first --seconds only; "
                         "full: the whole file at once")
     p.add_argument("--seconds", type=float, default=None,
-                   help="window / crop length (default: the Stage 2 crop length); at least "
-                        "one encoder frame's receptive field (0.025 at 16 kHz)")
+                   help="window / crop length (default or 0: the Stage 2 crop length); at "
+                        "least one encoder frame's receptive field (0.025 at 16 kHz)")
     p.add_argument("--hop-seconds", type=float, default=None,
                    help="window hop (default: half the window); at least one encoder frame "
                         "(0.02 at 16 kHz)")

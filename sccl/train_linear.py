@@ -39,7 +39,7 @@ from sccl.config import (
     report_storage_error,
 )
 from sccl.data import DataConfig, ShardDirError
-from sccl.embed import EmbedError, EmbedOptions, collect, embed_share
+from sccl.embed import EmbedError, EmbedOptions, check_embed_window, collect, embed_share
 from sccl.fileio import file_sha256
 from sccl.linear import (
     META,
@@ -153,6 +153,7 @@ def run_stage2(cfg: Stage2Config) -> int:
     accelerator = build_accelerator()
     model = SupConModel.from_pretrained(weights.parent).to(accelerator.device).eval()
     model.requires_grad_(False)
+    check_embed_window(cfg.embed, model, data_cfg.sample_rate)  # before recording
     claim = StageClaim(accelerator, paths, "Stage 2", None)  # exits 2 if in use
     try:
         weights_sha = file_sha256(weights)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_stage2(cfg)
     except (ConfigError, ModelLoadError, RunMismatchError, EmbedError, ShardDirError) as e:
         return report_input_error(e)
-    except (OSError, RuntimeError) as e:  # a full disk, a quota, a read-only run directory
+    except OSError as e:  # a full disk, a quota, a read-only run directory
         return report_storage_error(e, cfg.run.dir if cfg else None)
 
 

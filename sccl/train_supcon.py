@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_input_error(e)
     except ck.NonFiniteLossError as e:
         return report_input_error(e, code=3)
-    except (OSError, RuntimeError) as e:  # a full disk, a quota, a read-only run directory
+    except OSError as e:  # a full disk, a quota, a read-only run directory
         return report_storage_error(e, cfg.run.dir)
     finally:
         stop.close()

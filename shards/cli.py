@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sccl-shards: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        storage = storage_problem(err)
+        storage = storage_problem(err, getattr(args, "out", None))
         if storage is None:
             raise
         print(f"sccl-shards: error: {storage}", file=sys.stderr)

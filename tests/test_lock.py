@@ -100,12 +100,15 @@ def test_holder_whose_lock_was_taken_over_stops_refreshing_it(tmp_path, capfd):
     try:
         other = {"host": "node-b", "pid": 1, "started": time.time()}
         lock.path.write_text(json.dumps(other))
-        time.sleep(0.1)  # two heartbeats: the first finds the lock not its own
+        err, deadline = "", time.monotonic() + 10  # a heartbeat every 0.05 s finds it
+        while "lost the lock" not in err and time.monotonic() < deadline:
+            time.sleep(0.02)
+            err += capfd.readouterr().err
+        assert f"Stage 1: lost the lock {lock.path} to another process" in err
         old = time.time() - 100
         os.utime(lock.path, (old, old))
-        time.sleep(0.2)
+        time.sleep(0.2)  # four heartbeat periods
         assert lock.path.stat().st_mtime == old  # a stranger's lock is left to go stale
-        assert f"Stage 1: lost the lock {lock.path} to another process" in capfd.readouterr().err
     finally:
         lock.release()
 

@@ -110,6 +110,24 @@ def test_refuse_changes_lists_each_training_key_and_ignores_free_and_new_keys(tm
     assert "warning: run.allow_config_change: not compared: " in capsys.readouterr().err
 
 
+def test_a_resume_under_another_launcher_precision_is_refused(tmp_path):
+    # run.mixed_precision null leaves the precision to the Accelerate config: config.yaml
+    # holds no change, run_info.json holds the precision the checkpoint was trained in.
+    from sccl.config import ConfigError, save_config
+    from sccl.train_supcon import RESUME_FREE
+
+    paths = logs.StagePaths(tmp_path, "stage1")
+    cfg = _stage1_cfg(tmp_path)
+    save_config(cfg, paths.config)
+    paths.info.write_text(json.dumps({"mixed_precision": "bf16"}))
+    with pytest.raises(ConfigError) as refused:
+        logs.refuse_changes(_Rank0(), cfg, paths, RESUME_FREE, False, "resuming from step-1")
+    assert str(refused.value).splitlines()[1:] == [
+        "  mixed precision (launcher): 'bf16' -> 'no'"]
+    paths.info.write_text(json.dumps({"mixed_precision": "no"}))
+    logs.refuse_changes(_Rank0(), cfg, paths, RESUME_FREE, False, "resuming from step-1")
+
+
 def test_history_keeps_every_start_after_the_config_yaml_it_found(tmp_path):
     from sccl.config import save_config
 

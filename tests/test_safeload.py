@@ -187,3 +187,15 @@ def test_dcp_metadata_reads_back_and_one_that_runs_code_is_damage(tmp_path):
     (out / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
     assert safeload.checkpoint_problem(out).startswith(f"{out / '.metadata'}: holds posix.mkdir")
     assert not marker.exists()
+
+
+def test_random_streams_not_restored_after_a_load_are_named(tmp_path):
+    import random
+
+    path = tmp_path / "random_states_0.pkl"
+    torch.save({"random_state": random.getstate(), "numpy_random_seed": np.random.get_state(),
+                "torch_manual_seed": torch.get_rng_state(), "step": 0}, path)
+    assert safeload.rng_restored(path) is None  # what Accelerate's load leaves
+    random.random(), np.random.rand(), torch.rand(1)  # as if it had skipped the state
+    assert safeload.rng_restored(path) == (f"{path}: the Python, torch, numpy random state "
+                                           "was not restored")

@@ -526,3 +526,23 @@ def test_out_on_a_full_disk_sends_the_scores_to_stdout(run, tmp_path, capsys):
                             "follow on stdout instead\n")
     lines = captured.out.splitlines()
     assert lines[0] == "path\tscore\tdecision\tllr" and lines[1].startswith(f"{wav}\t")
+
+
+def test_shard_dir_inputs_never_open_a_tar_outside_the_dir(tmp_path, write_audio):
+    import tarfile
+
+    from sccl.scoring import ScoringError, iter_inputs
+
+    outside = tmp_path / "outside.tar"
+    clip = write_audio(tmp_path / "clip.flac").read_bytes()
+    with tarfile.open(outside, "w") as tar:
+        info = tarfile.TarInfo("secret.flac")
+        info.size = len(clip)
+        tar.addfile(info, io.BytesIO(clip))
+    shard_dir = tmp_path / "set"
+    shard_dir.mkdir()
+    names = ["../outside.tar", str(outside)]
+    (shard_dir / "manifest.json").write_text(json.dumps({"shards": [{"name": n} for n in names]}))
+    found = list(iter_inputs([str(shard_dir)]))
+    assert len(found) == 2 and all(isinstance(x, ScoringError) for _, x in found), found
+    assert all("is not a file name inside the directory" in str(x) for _, x in found)

@@ -282,3 +282,17 @@ def test_calibration_repairs_shifted_and_scaled_scores():
     # calibrated scores decide like the true LLRs at the ASVspoof 5 operating point
     assert act_dcf(a * distort(ev_b) + b, a * distort(ev_s) + b) == pytest.approx(
         act_dcf(ev_b, ev_s), abs=0.05)
+
+
+def test_stage2_window_under_one_frame_is_refused_before_anything_is_recorded(stage2_run,
+                                                                              tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(stage2_run[0], tmp_path / "run")
+    shutil.rmtree(run / "stage2")  # an unfinished Stage 2: nothing guards its config
+    capsys.readouterr()
+    assert stage2_main(["--run.dir", str(run), *STAGE2_ARGS, "--embed.seconds", "0.001"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: embed.seconds 0.001 is under one encoder frame's receptive "
+                          "field") and err.count("\n") == 1, err
+    assert not (run / "stage2").exists()  # no config.yaml of settings that never ran
