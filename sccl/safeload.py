@@ -49,6 +49,8 @@ TORCH_GLOBALS = {
     # DeepSpeed's optimizer shards (ZeRO-2, ZeRO-3): plain records
     "deepspeed.runtime.fp16.loss_scaler.LossScaler":
         ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler":  # fp16 runs (not measured: GPU)
+        ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
     "deepspeed.runtime.zero.config.ZeroStageEnum": ("deepspeed.runtime.zero.config",
                                                     "ZeroStageEnum"),
     "deepspeed.utils.tensor_fragment.fragment_address": ("deepspeed.utils.tensor_fragment",

@@ -199,3 +199,16 @@ def test_random_streams_not_restored_after_a_load_are_named(tmp_path):
     random.random(), np.random.rand(), torch.rand(1)  # as if it had skipped the state
     assert safeload.rng_restored(path) == (f"{path}: the Python, torch, numpy random state "
                                            "was not restored")
+
+
+def test_deepspeed_fp16_loss_scaler_reads_back_as_data(tmp_path):
+    # fp16 DeepSpeed runs keep a DynamicLossScaler in their optimizer state (bf16 and fp32
+    # ones a LossScaler): a plain record, allowed so that their checkpoints resume.
+    loss_scaler = pytest.importorskip("deepspeed.runtime.fp16.loss_scaler")
+    scaler = loss_scaler.CreateLossScaler(torch.half, 0, True, {
+        "init_scale": 2 ** 16, "scale_window": 1000, "min_scale": 1, "delayed_shift": 2,
+        "consecutive_hysteresis": False, "raise_error_at_min_scale": True})
+    path = tmp_path / "optimizer.bin"
+    torch.save({"loss_scaler": scaler, "overflow": False}, path)
+    assert safeload.file_problem(path) is None
+    assert safeload.load(path)["loss_scaler"].cur_scale == 2 ** 16
