@@ -25,7 +25,10 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,13 +39,21 @@ import torch
 from sccl import dist, safeload
 from sccl.accel import local_shards, params_sharded
 from sccl.config import ConfigError
-from sccl.fileio import atomic_write_json, file_sha256, replace_dir, storage_problem
+from sccl.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    replace_dir,
+    storage_problem,
+)
 from sccl.lock import DirLock, LockHeldError
 from sccl.logs import StagePaths
 
 _STEP_DIR = re.compile(r"step-(\d{8})")
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how a Rust writer (safetensors) gives errno
 MANIFEST = "manifest.json"
+CLAIM_PREFIX = ".claim-"  # + a random token: the file by which ranks check the dir is shared
+SHARED_WAIT = 5.0  # s a rank retries reading that file before it calls the dir not shared
 
 
 class NonFiniteLossError(RuntimeError):
@@ -394,34 +405,86 @@ class StageClaim:
     """Exclusive use of a stage directory for one run (``sccl.lock.DirLock``, taken by the
     main process) and the checkpoint it resumes from (``choose_checkpoint``). Every rank
     learns the outcome from one broadcast, so all raise the same ``ConfigError`` (exit 2)
-    when the directory is in use, no checkpoint is intact or the one chosen was written by
-    another number of processes (``check_processes``); none hangs. ``release`` (or the
+    when the directory is in use, no checkpoint is intact, the one chosen was written by
+    another number of processes (``check_processes``) or some rank does not see the
+    directory the main process writes (``_check_shared``); none hangs. ``release`` (or the
     end of a ``with`` block) also removes the directories the claim created if they stayed
     empty (an input error)."""
 
     def __init__(self, accelerator, paths: StagePaths, what: str, resume: str | None) -> None:
         """``resume``: ``run.resume`` of a stage with checkpoints, None for one without."""
-        self.lock, checkpoint, error = None, None, None
-        self.created = [d for d in (paths.dir, paths.root) if not d.exists()]
+        self.lock, self.token_file, checkpoint, error, sent = None, None, None, None, None
+        # Only the main process creates (and so removes) directories. Another rank does not
+        # look at them before ``_check_shared``: an NFS client may trust a "no such entry" it
+        # cached then for a while after the main process created the directory.
+        self.created = [d for d in (paths.dir, paths.root)
+                        if accelerator.is_main_process and not d.exists()]
         if accelerator.is_main_process:
             try:
                 self.lock = DirLock(paths.dir, what=f"{what} of {paths.root}").acquire()
                 remove_debris(paths.checkpoints)  # frees the space a failed save held
+                remove_tokens(paths.dir)
                 if resume is not None:
                     checkpoint = choose_checkpoint(resume, paths.checkpoints)
                 if checkpoint is not None:
                     check_processes(checkpoint, accelerator.num_processes)
+                if dist.is_dist():  # one process sees what it writes: nothing to check
+                    sent = self._write_token(paths.dir)
             except (LockHeldError, ConfigError) as e:
                 error = str(e)
             except OSError as e:  # a read-only or full run directory: every rank must hear it
                 error = storage_problem(e, paths.dir) or f"{paths.dir}: {e}"
-        checkpoint, error = dist.broadcast_object((checkpoint, error))
+        checkpoint, error, sent = dist.broadcast_object((checkpoint, error, sent))
+        if error is None and sent is not None:
+            error = self._check_shared(accelerator, paths.dir, sent)
         if error is not None:
             self.release()
             raise ConfigError(error)
         self.resume_from: Path | None = checkpoint
 
+    def _write_token(self, directory: Path) -> tuple[str, str, str]:
+        """Write ``<directory>/.claim-<token>`` holding a fresh random token (atomically, so
+        a reader sees all of it or nothing); return (token, host, file system) for the other
+        ranks. The random name never meets another run's (the lock refuses a second run
+        anyway), and one left by a kill -9 goes at the next claim (``remove_tokens``)."""
+        token = uuid.uuid4().hex
+        self.token_file = directory / f"{CLAIM_PREFIX}{token}"
+        atomic_write_text(self.token_file, token)
+        return token, socket.gethostname(), _file_system(directory)
+
+    def _check_shared(self, accelerator, directory: Path, sent: tuple[str, ...]) -> str | None:
+        """None when every rank reads the main process's token in its own view of
+        ``directory``, else the one line that every rank raises: written by the first rank
+        that cannot, naming the file system each side sees (a node-local run directory
+        would otherwise surface later as a checkpoint missing some ranks' files, or a resume
+        that cannot find one). Costs one all_reduce, plus a broadcast on failure."""
+        token, host, where = sent
+        path = directory / f"{CLAIM_PREFIX}{token}"
+        problem = None if accelerator.is_main_process else _unreadable(path, token)
+        blind = torch.zeros(dist.get_world_size(), device=accelerator.device)
+        blind[dist.get_rank()] = float(problem is not None)
+        blind = dist.all_reduce_sum(blind)  # every rank has read (or given up) after this
+        self._drop_token()
+        if not blind.any():
+            return None
+        first = int(blind.nonzero()[0])
+        line = None
+        if dist.get_rank() == first:
+            line = (f"{directory}: rank {first} on host {socket.gethostname()} cannot read "
+                    f"{path.name}, which rank 0 on host {host} wrote there ({problem}); rank "
+                    f"{first} sees {_file_system(directory)}, rank 0 {where}. The run "
+                    "directory must be on a file system every node shares (NFS, Lustre, "
+                    "GPFS), not a node-local disk: pass such a --run.dir")
+        return dist.broadcast_object(line, src=first)
+
+    def _drop_token(self) -> None:
+        if self.token_file is not None:
+            with contextlib.suppress(OSError):
+                self.token_file.unlink(missing_ok=True)
+            self.token_file = None
+
     def release(self) -> None:
+        self._drop_token()
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -434,6 +497,57 @@ class StageClaim:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def remove_tokens(directory: Path) -> None:
+    """Remove the token files (and half-written ones) of claims killed before their release
+    (main process, under the stage lock: no live claim has one here then)."""
+    for pattern in (f"{CLAIM_PREFIX}*", f".{CLAIM_PREFIX}*"):  # the second: atomic_open's
+        for stale in directory.glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
+def _unreadable(path: Path, token: str) -> str | None:
+    """None when ``path`` holds ``token``, else why not, after retrying for ``SHARED_WAIT``
+    seconds. Between tries the nearest existing directory above ``path`` is listed: that
+    makes an NFS client re-read it rather than trust a "no such entry" it cached (for up to
+    its attribute cache time, acdirmin = 30 s by default). On a shared file system the
+    first read succeeds: the wait is spent only when refusing. Never raises: the caller's
+    collective must be reached."""
+    deadline = time.monotonic() + SHARED_WAIT
+    while True:
+        try:
+            problem = None if path.read_text() == token else "it holds another token"
+        except (OSError, ValueError) as e:  # ValueError: bytes that are not text
+            problem = getattr(e, "strerror", None) or str(e)
+        if problem is None or time.monotonic() > deadline:
+            return problem
+        with contextlib.suppress(OSError):
+            os.listdir(_nearest_existing(path))
+        time.sleep(0.1)
+
+
+def _nearest_existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def _file_system(path: Path) -> str:
+    """The file system holding ``path`` (or its nearest existing parent) as this process
+    sees it, e.g. "nfs4 at /shared": the deepest mount point above it in
+    /proc/self/mountinfo (of mounts at one place, the last listed is the one in view)."""
+    where = os.path.realpath(_nearest_existing(path))
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return "an unknown file system"
+    best = ("", "an unknown file system")
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields.split()[4])
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]) and rest:
+            best = (point, rest.split()[0])
+    return f"{best[1]} at {best[0]}" if best[0] else best[1]
 
 
 def main(argv: list[str] | None = None) -> int:

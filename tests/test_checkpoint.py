@@ -7,12 +7,15 @@ would run code, with or without a (forged) manifest (tests/test_safeload.py: the
 Checkpoints of older sccl versions (no manifest) still resume, checked by parsing their files.
 A checkpoint written by another number of processes is refused. A full disk or a read-only
 directory while saving raises an OSError naming the place and leaves the last checkpoint
-intact, nothing half-written."""
+intact, nothing half-written. A run directory that one rank does not share (its own mount
+over it) is refused on every rank with the same line."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +31,7 @@ from sccl import checkpoint as ck
 from sccl.config import ConfigError
 from sccl.fileio import storage_problem
 from sccl.logs import StagePaths
+from tests.eval_fixtures import accelerate_launch
 from tests.mounts import fill, read_only, small_disk
 from tests.test_safeload import RunsCode, trainer  # noqa: F401  (module fixture)
 from tests.test_train_supcon import (
@@ -295,3 +299,37 @@ def test_a_read_only_checkpoint_directory_is_named(trainer, tmp_path):  # noqa: 
     with read_only(root), pytest.raises(OSError) as failed:
         ck.save_checkpoint(acc, root, ck.TrainerState(global_step=1), queue.state_dict(), 2)
     assert storage_problem(failed.value) == f"{root}: read-only file system"
+
+
+def test_a_claim_removes_the_tokens_of_claims_killed_before_release(tmp_path):
+    paths = StagePaths(tmp_path / "run", "stage1")
+    paths.dir.mkdir(parents=True)
+    left = [paths.dir / ".claim-0123abcd", paths.dir / "..claim-0123abcd.x1y2.tmp"]  # kill -9
+    for path in left:
+        path.write_text("0123abcd")
+    with ck.StageClaim(SimpleNamespace(is_main_process=True, num_processes=1), paths,
+                       "Stage 1", "auto"):
+        assert sorted(p.name for p in paths.dir.iterdir()) == [".lock"]  # one process: none
+
+
+def test_a_run_directory_one_rank_does_not_share_is_refused_on_every_rank(tmp_path):
+    """Rank 1 runs in its own mount namespace with a tmpfs over ``local``: the node-local
+    disk of another node. A shared directory still works, and leaves no token behind."""
+    probe = ["unshare", "--mount", "--propagation", "private", "true"]
+    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run(probe).returncode:
+        pytest.skip("a mount namespace of its own needs root and unshare(1)")
+    shared, local = tmp_path / "shared", tmp_path / "local"
+    local.mkdir()
+    script = Path(__file__).parent / "dist_scripts" / "shared_dir_check.py"
+    done = accelerate_launch(script, [str(tmp_path), str(shared), str(local)], timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0]["shared"] == seen[1]["shared"] == [".lock"]  # rank 1 sees rank 0's lock
+    assert seen[0]["local"] == seen[1]["local"] is not None  # one line, the same everywhere
+    assert re.fullmatch(
+        rf"{local / 'stage1'}: rank 1 on host \S+ cannot read \.claim-[0-9a-f]{{32}}, which "
+        r"rank 0 on host \S+ wrote there \(No such file or directory\); rank 1 sees tmpfs at "
+        rf"{local}, rank 0 \S+ at /\S*\. The run directory must be on a file system every "
+        r"node shares \(NFS, Lustre, GPFS\), not a node-local disk: pass such a --run\.dir",
+        seen[0]["local"]), seen[0]["local"]
+    assert seen[0]["left"] == seen[1]["left"] == []  # no lock, token or directory left
