@@ -4,6 +4,8 @@
 #
 #   slurm/grid.sh [--dry-run] RUNS [STAGE1 ARGS...] [--stage2-args ARGS...] [--eval-args ARGS...]
 #
+# --dry-run (taken wherever it stands): write the table and print the sbatch commands only.
+#
 #   slurm/grid.sh runs/study --config my_run.yaml \
 #       --eval-args --eval.sets la19=shards/la19_eval,itw=shards/itw,la21=shards/la21,df21=shards/df21
 #   sccl-report runs/study          # once the tasks have finished
@@ -24,7 +26,8 @@
 # chain. The task -> configuration table is RUNS/grid-<time>.tsv. Logs: RUNS/logs/ (linked
 # into each RUNS/<name>/logs). SCCL_GRID_PARALLEL=N: at most N tasks of an array at once.
 # sbatch options: SCCL_SBATCH_ARGS, SCCL_STAGE1_SBATCH, SCCL_STAGE2_SBATCH, SCCL_EVAL_SBATCH
-# (as for slurm/pipeline.sh). --dry-run: write the table and print the sbatch commands only.
+# (as for slurm/pipeline.sh). As there, each array is put to `sbatch --test-only` before
+# anything is submitted, and SCCL_LAUNCH=cpu asks for CPU jobs (--gpus-per-node=0).
 set -euo pipefail
 SCCL_ROOT=${SCCL_ROOT:-$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)}
 export SCCL_ROOT
@@ -91,30 +94,86 @@ write_grid() {
     [ "$i" -gt 0 ] || sccl_die "the grid is empty (check the SCCL_GRID_* variables)"
 }
 
-dry=0
-if [ "${1:-}" = --dry-run ]; then
-    dry=1
-    shift
-fi
+# The grid's own options count wherever they stand (after RUNS they would otherwise reach
+# Stage 1 and fail there); pipeline.sh's --wait is refused before anything is submitted.
+dry=0 args=()
+for a in "$@"; do
+    case "$a" in
+    --dry-run) dry=1 ;;
+    --wait) sccl_die "grid.sh has no --wait (that is pipeline.sh's): follow the arrays with" \
+        "squeue, then run sccl-report RUNS" ;;
+    -h | --help) printf '%s\n' "$USAGE"; exit 0 ;;
+    *) args+=("$a") ;;
+    esac
+done
+set -- "${args[@]}"
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
     sccl_die "$USAGE"
 fi
 runs=$(realpath -m -- "$1")
 shift
 sccl_split_chain_args "$@"
+sccl_launch_mode "" >/dev/null  # an unknown SCCL_LAUNCH: refused here, not in every job
 mkdir -p -- "$runs/logs"
 grid="$runs/grid-$(date +%Y%m%d-%H%M%S)-$$.tsv"
 write_grid "$grid"
 n=$(wc -l <"$grid")
 array="0-$((n - 1))${SCCL_GRID_PARALLEL:+%$SCCL_GRID_PARALLEL}"
 
+# sbatch_opts NAME EXTRA_VAR: OPTS = the sbatch options of stage NAME's array. On CPU nodes
+# (SCCL_LAUNCH=cpu) no GPUs and a CPU per process replace the #SBATCH GPU defaults; they go
+# before the user's options so that theirs win.
+sbatch_opts() {
+    OPTS=(--array="$array" --job-name="sccl-$1" --output="$runs/logs/$1-%A_%a.out")
+    if [ "${SCCL_LAUNCH:-ddp}" = cpu ]; then
+        OPTS+=(--gpus-per-node=0 "--cpus-per-task=${SCCL_PROCS_PER_NODE:-${SCCL_CPU_PROCS:-2}}")
+    fi
+    # shellcheck disable=SC2206  # the *_SBATCH variables are option lists: split them
+    OPTS+=(${SCCL_SBATCH_ARGS:-} ${!2:-})
+}
+
+# refusal_hint EXTRA_VAR SBATCH_ERROR: what to set when sbatch refuses a stage's job.
+refusal_hint() {
+    case "$2" in
+    *"generic resource"* | *gres*)
+        echo "this partition has no GPUs for --gpus-per-node: on CPU nodes export" \
+            "SCCL_LAUNCH=cpu (the jobs then ask for --gpus-per-node=0), or name a GPU" \
+            "partition in SCCL_SBATCH_ARGS=--partition=NAME" ;;
+    *processors* | *CPU*)
+        echo "a node has fewer CPUs than the job asks for (the scripts' default is" \
+            "--cpus-per-task=8): set $1=--cpus-per-task=N (or SCCL_SBATCH_ARGS for every job)" ;;
+    *) echo "fix the options in SCCL_SBATCH_ARGS or $1" ;;
+    esac
+}
+
+# check_job NAME EXTRA_VAR SCRIPT: refuse, before anything is submitted, a job that could
+# never run: sbatch's --test-only answer (skipped by --dry-run), and a GPU launch mode
+# (SCCL_LAUNCH other than cpu) on a job that asks for --gpus-per-node=0.
+check_job() {
+    local name=$1 extra=$2 script=$3 out gpus='' o
+    sbatch_opts "$name" "$extra"
+    for o in "${OPTS[@]}"; do
+        case "$o" in --gpus-per-node=*) gpus=${o#*=} ;; esac
+    done
+    if [ "$gpus" = 0 ] && [ "${SCCL_LAUNCH:-ddp}" != cpu ] &&
+        [ -z "${SCCL_PROCS_PER_NODE:-}" ]; then
+        sccl_die "the $name job asks for --gpus-per-node=0 but SCCL_LAUNCH=${SCCL_LAUNCH:-ddp}" \
+            "launches one process per GPU: export SCCL_LAUNCH=cpu for CPU nodes;" \
+            "nothing was submitted"
+    fi
+    [ "$dry" = 1 ] && return 0
+    out=$(sbatch --test-only "${OPTS[@]}" "$script" 2>&1) && return 0
+    out=$(grep . <<<"$out" | tail -n1)
+    sccl_die "sbatch refuses the $name job (${out#sbatch: error: }):" \
+        "$(refusal_hint "$extra" "$out"); nothing was submitted"
+}
+
 # submit NAME EXTRA_VAR ARGS...: one array job -> its id (prints the command with --dry-run).
 submit() {
     local name=$1 extra=$2
     shift 2
-    # shellcheck disable=SC2206  # the *_SBATCH variables are option lists: split them
-    local -a cmd=(sbatch --parsable --array="$array" --job-name="sccl-$name"
-        --output="$runs/logs/$name-%A_%a.out" ${SCCL_SBATCH_ARGS:-} ${!extra:-} "$@")
+    sbatch_opts "$name" "$extra"
+    local -a cmd=(sbatch --parsable "${OPTS[@]}" "$@")
     if [ "$dry" = 1 ]; then
         printf '%q ' "${cmd[@]}" >&2
         printf '\n' >&2
@@ -124,6 +183,10 @@ submit() {
     "${cmd[@]}" | cut -d';' -f1
 }
 
+# a subshell, so that a refused array also takes back the table (nothing was submitted)
+(check_job stage1 SCCL_STAGE1_SBATCH "$SCCL_ROOT/slurm/stage1.sh" &&
+    check_job stage2 SCCL_STAGE2_SBATCH "$SCCL_ROOT/slurm/stage2.sh" &&
+    check_job eval SCCL_EVAL_SBATCH "$SCCL_ROOT/slurm/eval.sh") || { rm -f -- "$grid"; exit 2; }
 dep=(--kill-on-invalid-dep=yes)
 a1=$(submit stage1 SCCL_STAGE1_SBATCH "$SCCL_ROOT/slurm/stage1.sh" --grid "$grid" "${s1[@]}")
 a2=$(submit stage2 SCCL_STAGE2_SBATCH "${dep[@]}" --dependency="aftercorr:$a1" \

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Submit Stage 1 -> Stage 2 -> evaluation for one run directory as three chained jobs.
 #
-#   slurm/pipeline.sh [--wait] RUN [STAGE1 ARGS...] [--stage2-args ARGS...] [--eval-args ARGS...]
+#   slurm/pipeline.sh [--wait] [--dry-run] RUN [STAGE1 ARGS...] [--stage2-args ARGS...]
+#                     [--eval-args ARGS...]
 #
 #   slurm/pipeline.sh runs/cos_q4096 --config my_run.yaml \
 #       --eval-args --eval.sets la19=shards/la19_eval,itw=shards/itw
@@ -9,9 +10,16 @@
 # Run it where you run sbatch (it is not itself a batch job). Each job starts after the
 # previous one succeeded (--dependency=afterok) and is cancelled if that one failed
 # (--kill-on-invalid-dep=yes); then a one-minute guard job writes RUN/logs/FAILED, naming the
-# stage that failed and its log. Prints `stage1 JOBID`, `stage2 JOBID`, `eval JOBID`.
-# Logs: RUN/logs/<stage>-<jobid>.out. --wait: block until the chain has ended; exit 0 only
-# when RUN/eval/results.json was written (then print the results table).
+# stage that failed, its log and the line of that log that says why. Prints `stage1 JOBID`,
+# `stage2 JOBID`, `eval JOBID`. Logs: RUN/logs/<stage>-<jobid>.out.
+# --wait: block until the chain has ended; exit 0 only when RUN/eval/results.json was
+# written (then print the results table). --dry-run: print the sbatch commands only.
+# Both are taken wherever they stand (also after RUN or --eval-args).
+#
+# Before submitting anything, each stage's job is put to `sbatch --test-only`: a request
+# the cluster cannot meet (no GPUs, fewer CPUs) is one line naming the variable to set.
+# SCCL_LAUNCH=cpu (CPU nodes) makes every job ask for --gpus-per-node=0 and one CPU per
+# process (SCCL_CPU_PROCS, default 2) unless the options below say otherwise.
 #
 # sbatch options (word-split, e.g. "--partition=gpu --account=abc"): SCCL_SBATCH_ARGS for
 # every job, SCCL_STAGE1_SBATCH / SCCL_STAGE2_SBATCH / SCCL_EVAL_SBATCH for one stage
@@ -25,7 +33,32 @@ export SCCL_ROOT
 # shellcheck source=slurm/common.sh
 source "$SCCL_ROOT/slurm/common.sh"
 
-USAGE="usage: pipeline.sh [--wait] RUN [STAGE1 ARGS...] [--stage2-args ARGS...] [--eval-args ARGS...]"
+USAGE="usage: pipeline.sh [--wait] [--dry-run] RUN [STAGE1 ARGS...] [--stage2-args ARGS...]"
+USAGE+=" [--eval-args ARGS...]"
+
+# why_line LOG JOB: the line of a failed stage's log that says why, as `LOG line N: TEXT`.
+# First choice: sccl's own one-line `error: ...` (the entry points and slurm/*.sh write
+# those; later ones are consequences); then Slurm's (time limit, out of memory); then the
+# exception line ending a Python traceback; then the last line that mentions an error.
+why_line() {
+    local log=$1 job=$2 hit
+    if ! [ -f "$log" ]; then
+        printf '%s, which does not exist: the job never started (%s; sacct -j %s)' \
+            "$log" "cancelled or refused" "$job"
+        return
+    fi
+    hit=$(grep -n -m1 -E '^error( \(rank [0-9]+\))?: ' -- "$log") ||
+        hit=$(grep -n -m1 -E 'slurmstepd: error: ' -- "$log") ||
+        hit=$(awk '{ line = $0; sub(/^\[rank[0-9]+\]: ?/, "", line) }
+            line ~ /^Traceback \(most recent call last\):/ { tb = 1; next }
+            tb && line ~ /^[^ \t]/ { print NR ":" line; found = 1; exit }
+            END { exit !found }' "$log") ||
+        hit=$(grep -n -i -E 'error|killed|fail' -- "$log" | grep -v -E '^[0-9]+:\[sccl ' |
+            tail -n1 | grep .) ||
+        { printf '%s, which says nothing about why (its state: sacct -j %s)' "$log" "$job"
+            return; }
+    printf '%s line %s: %s' "$log" "${hit%%:*}" "${hit#*:}"
+}
 
 # The guard job: which stage of the chain failed? Judged from what the stages left in RUN
 # (newer than the submission's RUN/logs/jobs.txt), not from job states, which may be gone.
@@ -39,18 +72,74 @@ report_failure() {
     else
         stage="evaluation" log=eval job=$4
     fi
-    printf 'error: the chain for %s stopped: %s (job %s) failed; see %s. Later stages were cancelled.\n' \
-        "$run" "$stage" "$job" "$run/logs/$log-$job.out" | tee "$run/logs/FAILED" >&2
+    printf 'error: the chain for %s stopped: %s (job %s) failed and %s; see %s\n' \
+        "$run" "$stage" "$job" "later stages were cancelled" \
+        "$(why_line "$run/logs/$log-$job.out" "$job")" |
+        tee "$run/logs/FAILED" >&2
     exit 1
 }
 
-# submit NAME EXTRA_VAR ARGS...: sbatch with the common and per-stage options -> job id.
+# sbatch_opts NAME EXTRA_VAR: OPTS = the sbatch options of stage NAME's job. On CPU nodes
+# (SCCL_LAUNCH=cpu) no GPUs and a CPU per process replace the #SBATCH GPU defaults; they go
+# before the user's options so that theirs win.
+sbatch_opts() {
+    OPTS=(--job-name="sccl-$1" --output="$run/logs/$1-%j.out")
+    if [ "${SCCL_LAUNCH:-ddp}" = cpu ]; then
+        OPTS+=(--gpus-per-node=0 "--cpus-per-task=${SCCL_PROCS_PER_NODE:-${SCCL_CPU_PROCS:-2}}")
+    fi
+    # shellcheck disable=SC2206  # the *_SBATCH variables are option lists: split them
+    OPTS+=(${SCCL_SBATCH_ARGS:-} ${!2:-})
+}
+
+# refusal_hint EXTRA_VAR SBATCH_ERROR: what to set when sbatch refuses a stage's job.
+refusal_hint() {
+    case "$2" in
+    *"generic resource"* | *gres*)
+        echo "this partition has no GPUs for --gpus-per-node: on CPU nodes export" \
+            "SCCL_LAUNCH=cpu (the jobs then ask for --gpus-per-node=0), or name a GPU" \
+            "partition in SCCL_SBATCH_ARGS=--partition=NAME" ;;
+    *processors* | *CPU*)
+        echo "a node has fewer CPUs than the job asks for (the scripts' default is" \
+            "--cpus-per-task=8): set $1=--cpus-per-task=N (or SCCL_SBATCH_ARGS for every job)" ;;
+    *) echo "fix the options in SCCL_SBATCH_ARGS or $1" ;;
+    esac
+}
+
+# check_job NAME EXTRA_VAR SCRIPT: refuse, before anything is submitted, a job that could
+# never run: sbatch's --test-only answer (skipped by --dry-run), and a GPU launch mode
+# (SCCL_LAUNCH other than cpu) on a job that asks for --gpus-per-node=0.
+check_job() {
+    local name=$1 extra=$2 script=$3 out gpus='' o
+    sbatch_opts "$name" "$extra"
+    for o in "${OPTS[@]}"; do
+        case "$o" in --gpus-per-node=*) gpus=${o#*=} ;; esac
+    done
+    if [ "$gpus" = 0 ] && [ "${SCCL_LAUNCH:-ddp}" != cpu ] &&
+        [ -z "${SCCL_PROCS_PER_NODE:-}" ]; then
+        sccl_die "the $name job asks for --gpus-per-node=0 but SCCL_LAUNCH=${SCCL_LAUNCH:-ddp}" \
+            "launches one process per GPU: export SCCL_LAUNCH=cpu for CPU nodes;" \
+            "nothing was submitted"
+    fi
+    [ "$dry" = 1 ] && return 0
+    out=$(sbatch --test-only "${OPTS[@]}" "$script" 2>&1) && return 0
+    out=$(grep . <<<"$out" | tail -n1)
+    sccl_die "sbatch refuses the $name job (${out#sbatch: error: }):" \
+        "$(refusal_hint "$extra" "$out"); nothing was submitted"
+}
+
+# submit NAME EXTRA_VAR ARGS...: sbatch with the stage's options -> job id (--dry-run:
+# prints the command instead and returns a placeholder id).
 submit() {
     local name=$1 extra=$2
     shift 2
-    # shellcheck disable=SC2086  # the *_SBATCH variables are option lists: split them
-    sbatch --parsable --job-name="sccl-$name" --output="$run/logs/$name-%j.out" \
-        ${SCCL_SBATCH_ARGS:-} ${!extra:-} "$@" | cut -d';' -f1
+    sbatch_opts "$name" "$extra"
+    if [ "$dry" = 1 ]; then
+        printf '%q ' sbatch --parsable "${OPTS[@]}" "$@" >&2
+        printf '\n' >&2
+        printf '%s\n' "DRYRUN-$name"
+        return
+    fi
+    sbatch --parsable "${OPTS[@]}" "$@" | cut -d';' -f1
 }
 
 # Block until none of the jobs is known to slurmctld any more (done, failed or cancelled).
@@ -69,20 +158,33 @@ if [ "${1:-}" = --report-failure ]; then
     [ $# -eq 5 ] || sccl_die "--report-failure RUN JOB1 JOB2 JOB3"
     report_failure "$2" "$3" "$4" "$5"
 fi
-wait_chain=0
-if [ "${1:-}" = --wait ]; then
-    wait_chain=1
-    shift
-fi
+# The chain's own options count wherever they stand: after RUN they would otherwise reach a
+# stage as an unknown argument and fail there, after the earlier stages had run.
+wait_chain=0 dry=0 args=()
+for a in "$@"; do
+    case "$a" in
+    --wait) wait_chain=1 ;;
+    --dry-run) dry=1 ;;
+    -h | --help) printf '%s\n' "$USAGE"; exit 0 ;;
+    *) args+=("$a") ;;
+    esac
+done
+set -- "${args[@]}"
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
     sccl_die "$USAGE"
 fi
 run=$(realpath -m -- "$1")
 shift
 sccl_split_chain_args "$@"
+sccl_launch_mode "" >/dev/null  # an unknown SCCL_LAUNCH: refused here, not in every job
 mkdir -p -- "$run/logs"
-rm -f -- "$run/logs/FAILED"
-: >"$run/logs/jobs.txt"  # the submission time stamp report_failure compares against
+check_job stage1 SCCL_STAGE1_SBATCH "$SCCL_ROOT/slurm/stage1.sh"
+check_job stage2 SCCL_STAGE2_SBATCH "$SCCL_ROOT/slurm/stage2.sh"
+check_job eval SCCL_EVAL_SBATCH "$SCCL_ROOT/slurm/eval.sh"
+if [ "$dry" = 0 ]; then
+    rm -f -- "$run/logs/FAILED"
+    : >"$run/logs/jobs.txt"  # the submission time stamp report_failure compares against
+fi
 
 dep=(--kill-on-invalid-dep=yes)
 j1=$(submit stage1 SCCL_STAGE1_SBATCH "$SCCL_ROOT/slurm/stage1.sh" "$run" "${s1[@]}")
@@ -96,6 +198,7 @@ guard=$(SCCL_GUARD_SBATCH="${SCCL_GUARD_SBATCH:---gpus-per-node=0 --cpus-per-tas
     submit guard SCCL_GUARD_SBATCH "${dep[@]}" \
     --dependency="afternotok:$j1?afternotok:$j2?afternotok:$j3" \
     "$SCCL_ROOT/slurm/pipeline.sh" --report-failure "$run" "$j1" "$j2" "$j3")
+[ "$dry" = 0 ] || exit 0
 printf 'stage1 %s\nstage2 %s\neval %s\nguard %s\n' "$j1" "$j2" "$j3" "$guard" >"$run/logs/jobs.txt"
 printf 'stage1 %s\nstage2 %s\neval %s\n' "$j1" "$j2" "$j3"
 sccl_log "submitted the chain for $run; logs in $run/logs"
