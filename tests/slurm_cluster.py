@@ -13,6 +13,9 @@ Usage (the daemons need root, as they do on a real cluster)::
     with slurm_cluster(tmp_path / "slurm") as cluster:
         subprocess.run(["sbatch", "--wait", "job.sh"], env=cluster.env, timeout=120)
 
+`two_node_cluster(root)` starts two nodes, node1 and node2, each a slurmd in its own network,
+UTS and mount namespace on this machine (see TwoNodeCluster), for `sbatch --nodes=2`.
+
 Missing binaries or no root: `require_slurm()` skips the calling test with the reason, or
 fails it when the environment sets `SCCL_REQUIRE_SLURM=1` (CI does, so that a broken
 install cannot pass as a skip).
@@ -67,8 +70,12 @@ def missing_reason(auth: str = "none", extra: tuple[str, ...] = ()) -> str | Non
 def require_slurm(auth: str = "none", extra: tuple[str, ...] = ()) -> None:
     """Skip (or fail, with SCCL_REQUIRE_SLURM=1) the calling test if no cluster can start."""
     reason = missing_reason(auth, extra)
-    if reason is None:
-        return
+    if reason is not None:
+        unavailable(reason)
+
+
+def unavailable(reason: str) -> None:
+    """Skip the calling test, or fail it when SCCL_REQUIRE_SLURM=1."""
     if os.environ.get("SCCL_REQUIRE_SLURM", "") not in ("", "0"):
         pytest.fail(f"SCCL_REQUIRE_SLURM is set but {reason}")
     pytest.skip(reason)
@@ -324,15 +331,19 @@ class NodeNetwork:
 
     def __init__(self, n: int):
         tag = secrets.token_hex(2)
-        self.net = _free_subnet()
-        self.gateway = f"{self.net}.1"
-        self.addrs = [f"{self.net}.{10 + i}" for i in range(1, n + 1)]
         self.namespaces = [f"sccl-{tag}-node{i}" for i in range(1, n + 1)]
+        self.gateway = ""  # the bridge's address and the nodes': set by create()
+        self.addrs: list[str] = []
         self._tag = tag
         self._bridge = f"sccl{tag}br"  # interface names: at most 15 characters
         self._links: list[str] = []  # root-namespace links made so far, to remove
+        self.up = False
 
     def create(self) -> None:
+        self.up = True  # from the first command on: remove() cleans up a partial network
+        net = _free_subnet()
+        self.gateway = f"{net}.1"
+        self.addrs = [f"{net}.{10 + i}" for i in range(1, len(self.namespaces) + 1)]
         self._links.append(self._bridge)
         _ip("link", "add", self._bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/24", "dev", self._bridge)
@@ -368,15 +379,15 @@ class TwoNodeCluster(SlurmCluster):
     per node inside its own network, UTS and mount namespace: hostname nodeN, address
     NodeAddr, and an /etc/hosts (bind-mounted in that mount namespace only) that resolves
     the node names to their addresses, as a cluster's DNS would; the machine's own hostname
-    and /etc/hosts stay as they are. Debian's slurmd is not built with
-    --enable-multiple-slurmd, so two slurmd need two hosts' worth of identity."""
+    and /etc/hosts stay as they are. (Debian's 22.05 also runs two `slurmd -N` on one host
+    with a Port= per node, but both would share a hostname and 127.0.0.1: the head address
+    taken from the allocation and gloo's own address lookup would never leave loopback.)"""
 
     def __init__(self, root: str | os.PathLike, *, auth: str = "none", cpus: int | None = None,
                  nodes: int = 2):
         super().__init__(root, auth=auth, cpus=cpus)
         self.network = NodeNetwork(nodes)
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
-        self.ctl_addr = self.network.gateway
         self.node_files = ("spool/%n", "slurmd-%n.pid", "slurmd-%n.log")
         self._procs: dict[str, subprocess.Popen] = {}
 
@@ -393,7 +404,9 @@ class TwoNodeCluster(SlurmCluster):
         return any(proc.poll() is not None for proc in self._procs.values())
 
     def start(self, timeout: float = 60.0) -> None:
-        self.network.create()
+        if not self.network.up:
+            self.network.create()
+        self.ctl_addr = self.network.gateway
         super().start(timeout)
 
     def _start_nodes(self) -> None:
@@ -444,6 +457,10 @@ def two_node_cluster(root: str | os.PathLike, *, auth: str | None = None,
     require_slurm(auth, extra=("ip", "nsenter", "unshare", "mount"))
     cluster = TwoNodeCluster(root, auth=auth, cpus=cpus)
     try:
+        try:
+            cluster.network.create()
+        except RuntimeError as err:  # e.g. a container without CAP_NET_ADMIN
+            unavailable(f"cannot create network namespaces here: {err}")
         cluster.start()
         yield cluster
     finally:
