@@ -146,8 +146,10 @@ sccl_procs_per_node() {
         n=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c .)
     fi
     case "$n" in
-    '' | 0) sccl_die "no GPUs in this allocation: ask for them (e.g. --gpus-per-node=2)," \
-        "or set SCCL_LAUNCH=cpu or SCCL_PROCS_PER_NODE" ;;
+    '' | 0) sccl_die "no GPUs in this allocation (SLURM_GPUS_ON_NODE and CUDA_VISIBLE_DEVICES" \
+        "are unset): on GPU nodes submit with --gpus-per-node=N; on CPU nodes export" \
+        "SCCL_LAUNCH=cpu before sbatch and submit with --gpus-per-node=0 --cpus-per-task=2," \
+        "or set SCCL_PROCS_PER_NODE" ;;
     *[!0-9]*) sccl_die "processes per node must be a positive integer, got '$n'" ;;
     esac
     printf '%s\n' "$n"
@@ -299,4 +301,49 @@ sccl_requeue() {
     scontrol requeue "$SLURM_JOB_ID" ||
         { sccl_log "scontrol requeue failed: resubmit the same command to resume"; exit 1; }
     exit 0
+}
+
+# sccl_cpu_job_opts: on CPU nodes (SCCL_LAUNCH=cpu), append to OPTS no GPUs and a CPU per
+# process, replacing the #SBATCH GPU defaults (before the user's options, which still win).
+sccl_cpu_job_opts() {
+    if [ "${SCCL_LAUNCH:-ddp}" = cpu ]; then
+        OPTS+=(--gpus-per-node=0 "--cpus-per-task=${SCCL_PROCS_PER_NODE:-${SCCL_CPU_PROCS:-2}}")
+    fi
+}
+
+# sccl_refusal_hint EXTRA_VAR SBATCH_ERROR: what to set when sbatch refuses a stage's job.
+sccl_refusal_hint() {
+    case "$2" in
+    *"generic resource"* | *gres*)
+        echo "this partition has no GPUs for --gpus-per-node: on CPU nodes export" \
+            "SCCL_LAUNCH=cpu (the jobs then ask for --gpus-per-node=0), or name a GPU" \
+            "partition in SCCL_SBATCH_ARGS=--partition=NAME" ;;
+    *processors* | *CPU*)
+        echo "a node has fewer CPUs than the job asks for (the scripts' default is" \
+            "--cpus-per-task=8): set $1=--cpus-per-task=N (or SCCL_SBATCH_ARGS for every job)" ;;
+    *) echo "fix the options in SCCL_SBATCH_ARGS or $1" ;;
+    esac
+}
+
+# sccl_check_job NAME EXTRA_VAR SCRIPT: refuse, before anything is submitted, a job that
+# could never run: sbatch's --test-only answer (skipped when the calling script's $dry is 1),
+# and a GPU launch mode (SCCL_LAUNCH other than cpu) on a job that asks for
+# --gpus-per-node=0. The options come from the calling script's sbatch_opts NAME EXTRA_VAR.
+sccl_check_job() {
+    local name=$1 extra=$2 script=$3 out gpus='' o
+    sbatch_opts "$name" "$extra"
+    for o in "${OPTS[@]}"; do
+        case "$o" in --gpus-per-node=*) gpus=${o#*=} ;; esac
+    done
+    if [ "$gpus" = 0 ] && [ "${SCCL_LAUNCH:-ddp}" != cpu ] &&
+        [ -z "${SCCL_PROCS_PER_NODE:-}" ]; then
+        sccl_die "the $name job asks for --gpus-per-node=0 but SCCL_LAUNCH=${SCCL_LAUNCH:-ddp}" \
+            "launches one process per GPU: export SCCL_LAUNCH=cpu for CPU nodes;" \
+            "nothing was submitted"
+    fi
+    [ "${dry:-0}" = 1 ] && return 0
+    out=$(sbatch --test-only "${OPTS[@]}" "$script" 2>&1) && return 0
+    out=$(grep . <<<"$out" | tail -n1)
+    sccl_die "sbatch refuses the $name job (${out#sbatch: error: }):" \
+        "$(sccl_refusal_hint "$extra" "$out"); nothing was submitted"
 }

@@ -84,47 +84,9 @@ report_failure() {
 # before the user's options so that theirs win.
 sbatch_opts() {
     OPTS=(--job-name="sccl-$1" --output="$run/logs/$1-%j.out")
-    if [ "${SCCL_LAUNCH:-ddp}" = cpu ]; then
-        OPTS+=(--gpus-per-node=0 "--cpus-per-task=${SCCL_PROCS_PER_NODE:-${SCCL_CPU_PROCS:-2}}")
-    fi
+    sccl_cpu_job_opts
     # shellcheck disable=SC2206  # the *_SBATCH variables are option lists: split them
     OPTS+=(${SCCL_SBATCH_ARGS:-} ${!2:-})
-}
-
-# refusal_hint EXTRA_VAR SBATCH_ERROR: what to set when sbatch refuses a stage's job.
-refusal_hint() {
-    case "$2" in
-    *"generic resource"* | *gres*)
-        echo "this partition has no GPUs for --gpus-per-node: on CPU nodes export" \
-            "SCCL_LAUNCH=cpu (the jobs then ask for --gpus-per-node=0), or name a GPU" \
-            "partition in SCCL_SBATCH_ARGS=--partition=NAME" ;;
-    *processors* | *CPU*)
-        echo "a node has fewer CPUs than the job asks for (the scripts' default is" \
-            "--cpus-per-task=8): set $1=--cpus-per-task=N (or SCCL_SBATCH_ARGS for every job)" ;;
-    *) echo "fix the options in SCCL_SBATCH_ARGS or $1" ;;
-    esac
-}
-
-# check_job NAME EXTRA_VAR SCRIPT: refuse, before anything is submitted, a job that could
-# never run: sbatch's --test-only answer (skipped by --dry-run), and a GPU launch mode
-# (SCCL_LAUNCH other than cpu) on a job that asks for --gpus-per-node=0.
-check_job() {
-    local name=$1 extra=$2 script=$3 out gpus='' o
-    sbatch_opts "$name" "$extra"
-    for o in "${OPTS[@]}"; do
-        case "$o" in --gpus-per-node=*) gpus=${o#*=} ;; esac
-    done
-    if [ "$gpus" = 0 ] && [ "${SCCL_LAUNCH:-ddp}" != cpu ] &&
-        [ -z "${SCCL_PROCS_PER_NODE:-}" ]; then
-        sccl_die "the $name job asks for --gpus-per-node=0 but SCCL_LAUNCH=${SCCL_LAUNCH:-ddp}" \
-            "launches one process per GPU: export SCCL_LAUNCH=cpu for CPU nodes;" \
-            "nothing was submitted"
-    fi
-    [ "$dry" = 1 ] && return 0
-    out=$(sbatch --test-only "${OPTS[@]}" "$script" 2>&1) && return 0
-    out=$(grep . <<<"$out" | tail -n1)
-    sccl_die "sbatch refuses the $name job (${out#sbatch: error: }):" \
-        "$(refusal_hint "$extra" "$out"); nothing was submitted"
 }
 
 # submit NAME EXTRA_VAR ARGS...: sbatch with the stage's options -> job id (--dry-run:
@@ -178,9 +140,9 @@ shift
 sccl_split_chain_args "$@"
 sccl_launch_mode "" >/dev/null  # an unknown SCCL_LAUNCH: refused here, not in every job
 mkdir -p -- "$run/logs"
-check_job stage1 SCCL_STAGE1_SBATCH "$SCCL_ROOT/slurm/stage1.sh"
-check_job stage2 SCCL_STAGE2_SBATCH "$SCCL_ROOT/slurm/stage2.sh"
-check_job eval SCCL_EVAL_SBATCH "$SCCL_ROOT/slurm/eval.sh"
+sccl_check_job stage1 SCCL_STAGE1_SBATCH "$SCCL_ROOT/slurm/stage1.sh"
+sccl_check_job stage2 SCCL_STAGE2_SBATCH "$SCCL_ROOT/slurm/stage2.sh"
+sccl_check_job eval SCCL_EVAL_SBATCH "$SCCL_ROOT/slurm/eval.sh"
 if [ "$dry" = 0 ]; then
     rm -f -- "$run/logs/FAILED"
     : >"$run/logs/jobs.txt"  # the submission time stamp report_failure compares against
