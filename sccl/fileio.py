@@ -1,9 +1,12 @@
-"""File I/O every part shares: atomic writes, content hashes and reading a JSON object.
+"""File I/O every part shares: atomic writes of files and directories, content hashes,
+reading a JSON object, and a failing disk said in one line.
 
 Atomic writes go to a temporary file in the same directory, fsync, rename: a reader (or a
-resumed run) sees either the old file or the complete new one, never a half-written file.
-Used by every stage that writes into a run directory and by the shard builder (which
-imports the library, never the reverse).
+resumed run) sees either the old file or the complete new one, never a half-written file
+(``replace_dir`` does the same for a whole directory). ``storage_problem`` words a full disk,
+a quota, a read-only or forbidden place as ``PATH: cause``, the one line every entry point
+prints for them. Used by every stage that writes into a run directory and by the shard
+builder (which imports the library, never the reverse).
 """
 
 from __future__ import annotations
