@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,17 @@ from sccl.config import ConfigError
 
 
 def build_accelerator(mixed_precision: str | None = None, grad_accum_steps: int = 1,
-                      logging_dir: Path | None = None, tensorboard: bool = False):
+                      logging_dir: Path | None = None, tensorboard: bool = False,
+                      collective_timeout_s: float | None = None):
     """Accelerator for any stage (the inference stages keep the defaults).
+
+    With ``collective_timeout_s`` (Stage 1's run.collective_timeout_s) every collective and
+    barrier gives up after that many seconds and raises, so a rank whose peer hangs, or whose
+    node is lost without its sockets being closed, ends instead of waiting out torch's default
+    (30 min for gloo, 10 min for NCCL); its launcher then exits non-zero and `srun
+    --kill-on-bad-exit` ends the other nodes' ranks (docs/reliability.md, "Two nodes").
+    None keeps torch's defaults: Stage 2 and evaluation, where rank 0 alone writes the report
+    (bootstrap, plots) while the others wait in a barrier, for a time that grows with the sets.
 
     Several processes on a machine without CUDA (CI, tests) need two things Accelerate 1.15
     does not do by itself (both measured): CPU mode, without which ranks run undistributed
@@ -33,7 +43,7 @@ def build_accelerator(mixed_precision: str | None = None, grad_accum_steps: int 
     (if any) is stepped by the trainer only after real optimizer steps, once per step whatever
     the world size."""
     from accelerate import Accelerator  # here, so that --help does not import it
-    from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate.utils import DistributedType, ProjectConfiguration
 
     launched = int(os.environ.get("LOCAL_RANK", -1)) != -1  # torchrun / accelerate launch
     sharded = {name: os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"
@@ -47,7 +57,7 @@ def build_accelerator(mixed_precision: str | None = None, grad_accum_steps: int 
         mixed_precision=mixed_precision,
         log_with="tensorboard" if tensorboard else None,
         project_config=project,
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if no_cuda else [],
+        kwargs_handlers=_process_group_kwargs(no_cuda, collective_timeout_s),
         step_scheduler_with_optimizer=False,
     )
     if sharded["FSDP"] and no_cuda:
@@ -58,6 +68,17 @@ def build_accelerator(mixed_precision: str | None = None, grad_accum_steps: int 
         raise ConfigError(f"{dist.get_world_size()} processes were launched but Accelerate "
                           "does not distribute them; check the accelerate launch config")
     return accelerator
+
+
+def _process_group_kwargs(no_cuda: bool, timeout_s: float | None) -> list:
+    """Accelerate's process-group settings: gloo without CUDA, and the collective timeout
+    (None: torch's default for the backend, 30 min for gloo and 10 min for NCCL)."""
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if not no_cuda and timeout_s is None:
+        return []
+    timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+    return [InitProcessGroupKwargs(backend="gloo" if no_cuda else "nccl", timeout=timeout)]
 
 
 def _fsdp_without_cuda(accelerator) -> None:

@@ -488,6 +488,11 @@ class RunConfig:
     stop_after_steps: int = 0
     """Debug: rank 0 sends itself SIGTERM after this optimizer step, as a preemption would
     (0 = off). Used by the resume tests."""
+    collective_timeout_s: float = 600.0
+    """Seconds a rank waits in one collective for the others before it raises and the job
+    ends (a hung or lost peer). 600 = torch's NCCL default, now for gloo too (torch: 1800);
+    far above the longest legitimate wait (rank 0's checkpoint save and hashing, a slower
+    rank's share of the dev evaluation: tens of seconds for XLS-R 300M)."""
     rank_checksums: bool = False
     """Debug: log every rank's queue checksum, weights checksum (the sum of the parameter
     elements it holds) and count of those elements with each log line (the queue's gather
@@ -505,3 +510,5 @@ class RunConfig:
             raise ValueError("log_every, keep_checkpoints and max_consecutive_nonfinite must be >= 1")
         if min(self.save_every_steps, self.max_steps, self.stop_after_steps) < 0:
             raise ValueError("save_every_steps, max_steps and stop_after_steps must be >= 0")
+        if not self.collective_timeout_s > 0:
+            raise ValueError("collective_timeout_s must be > 0 (seconds)")

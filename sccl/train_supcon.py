@@ -101,7 +101,7 @@ class TrainConfig:
 RESUME_FREE = ("run.dir", "run.resume", "run.log_every", "run.save_every_steps",
                "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.max_steps",
                "run.tensorboard", "run.progress", "run.stop_after_steps", "run.rank_checksums",
-               "run.allow_config_change", "data.max_corrupt_share",
+               "run.allow_config_change", "run.collective_timeout_s", "data.max_corrupt_share",
                "model.gradient_checkpointing")
 
 
@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, stop: accel.StopSignal) -> int:
     absolute_paths(cfg)
     o, lc, paths = cfg.optim, cfg.loss, logs.StagePaths(Path(cfg.run.dir), "stage1")
     acc = accel.build_accelerator(cfg.run.mixed_precision, o.grad_accum_steps, paths.dir,
-                                  cfg.run.tensorboard)
+                                  cfg.run.tensorboard, cfg.run.collective_timeout_s)
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     n_micro = check_config(cfg, acc) // o.grad_accum_steps * o.grad_accum_steps  # per epoch
     claim = ck.StageClaim(acc, paths, "Stage 1", cfg.run.resume)  # exits 2 if the dir is in use
