@@ -18,7 +18,6 @@ a warning naming the file, and one written by another number of processes is ref
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -44,13 +43,13 @@ from sccl.fileio import (
     atomic_write_text,
     file_sha256,
     replace_dir,
+    storage_errno,
     storage_problem,
 )
 from sccl.lock import DirLock, LockHeldError
 from sccl.logs import StagePaths
 
 _STEP_DIR = re.compile(r"step-(\d{8})")
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how a Rust writer (safetensors) gives errno
 MANIFEST = "manifest.json"
 CLAIM_PREFIX = ".claim-"  # + a random token: the file by which ranks check the dir is shared
 SHARED_WAIT = 5.0  # s a rank retries reading that file before it calls the dir not shared
@@ -191,16 +190,10 @@ def _removed_on_failure(tmp: Path, where: Path, remove: bool = True) -> Iterator
 
 
 def _storage_error(err: Exception, where: Path) -> OSError | None:
-    """``err`` as an ``OSError`` of ``where`` when the storage failed (``storage_problem``'s
-    causes), else None."""
-    code = err.errno if isinstance(err, OSError) else None
-    if code is None and (found := _OS_ERROR.search(str(err))):
-        code = int(found[1])
-    if code is None and storage_problem(err, where) is not None:  # a C++ writer, a full disk
-        code = errno.ENOSPC
-    if code is None or storage_problem(OSError(code, os.strerror(code))) is None:
-        return None
-    return OSError(code, os.strerror(code), str(where))
+    """``err`` as an ``OSError`` of ``where`` when the storage failed, whatever writer
+    failed (``fileio.storage_errno``), else None."""
+    code = storage_errno(err, where)
+    return None if code is None else OSError(code, os.strerror(code), str(where))
 
 
 def write_manifest(ckpt: Path, processes: int) -> None:

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -121,21 +122,38 @@ _STORAGE_CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
-# torch's zip writer and other C++ writers fail with a RuntimeError and no errno; with less
-# free space than this left where they wrote, the cause is taken to be a full disk.
+# Writers outside Python name the cause their own way, so they are judged only where they
+# write (``where`` given): safetensors (Rust) puts ``(os error N)`` in its message; torch's zip
+# writer and other C++ writers raise a RuntimeError with no errno at all, taken to be a full
+# disk when less free space than _NEARLY_FULL is left there.
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 _NEARLY_FULL = 64 << 20
 
 
+def storage_errno(err: BaseException, where: str | os.PathLike | None = None) -> int | None:
+    """The errno of ``err`` when it is a failure of the storage written to (a full disk, a
+    quota, a read-only or forbidden place), else None: an ``OSError``'s own, or, at a write
+    site that names its place ``where``, a Rust writer's ``(os error N)`` or ENOSPC for a C++
+    writer's ``RuntimeError`` on a nearly full disk."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None and where is not None:
+        if found := _OS_ERROR.search(str(err)):
+            code = int(found[1])
+        elif isinstance(err, RuntimeError) and _nearly_full(Path(where)):
+            code = errno.ENOSPC
+    return code if code in _STORAGE_CAUSES else None
+
+
 def storage_problem(err: BaseException, where: str | os.PathLike | None = None) -> str | None:
-    """``"<path>: <cause>"`` when ``err`` is a failure of the storage written to (a full disk,
-    a quota, a read-only or forbidden place), else None. ``where`` names the path when the
-    error does not (C++ writers), and is where free space is measured for them."""
-    if isinstance(err, OSError) and err.errno in _STORAGE_CAUSES:
+    """``"<path>: <cause>"`` when ``err`` is a failure of the storage written to
+    (``storage_errno``), else None. ``where`` names the path when the error does not."""
+    code = storage_errno(err, where)
+    if code is None:
+        return None
+    if isinstance(err, OSError) and err.errno == code:
         path = err.filename if err.filename is not None else where
-        return f"{path if path is not None else '?'}: {_STORAGE_CAUSES[err.errno]}"
-    if isinstance(err, RuntimeError) and where is not None and _nearly_full(Path(where)):
-        return f"{where}: {_STORAGE_CAUSES[errno.ENOSPC]} ({_one_line(err)})"
-    return None
+        return f"{path if path is not None else '?'}: {_STORAGE_CAUSES[code]}"
+    return f"{where}: {_STORAGE_CAUSES[code]} ({_one_line(err)})"
 
 
 def _nearly_full(path: Path) -> bool:
