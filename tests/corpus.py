@@ -36,3 +36,21 @@ def la19_shards(root: str | Path, *, size: str = "tiny", workers: int = 1) -> di
                "--workers", str(workers), "--no-progress"]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
+
+
+def slurm_stage1_config(path: Path, shards: dict[str, Path], **sections: dict) -> Path:
+    """Write the tiny Stage 1 config the Slurm tests share to ``path`` (YAML; half-second
+    crops, batches of 4, no workers, no RawBoost, no progress bars) with ``sections``
+    (``optim={...}``, ``loss={...}``) merged over it; return ``path``."""
+    import yaml
+
+    cfg = {"data": {"train_shards": str(shards["train"]), "dev_shards": str(shards["dev"]),
+                    "crop_seconds": 0.5, "eval_seconds": 0.5, "batch_size": 4,
+                    "num_workers": 0, "shuffle_buffer": 8, "rawboost": False,
+                    "train_crop": "random"},
+           "model": {"encoder": "tiny", "proj_dim": 16},
+           "run": {"log_every": 1, "progress": False, "tensorboard": False}}
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from tests.corpus import la19_shards
+from tests.corpus import la19_shards, slurm_stage1_config
 from tests.slurm_cluster import slurm_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,16 +251,8 @@ def work(tmp_path_factory, cluster) -> dict:
                     "--no-progress"], check=True, capture_output=True)
     # 4 bona fide + 4 spoof per epoch in steps of 4 over 2 ranks: gather_batch gives every
     # anchor a positive (a real loss, so the weights really depend on the data order).
-    cfg = {"data": {"train_shards": str(shards["train"]), "dev_shards": str(shards["dev"]),
-                    "crop_seconds": 0.5, "eval_seconds": 0.5, "batch_size": 4,
-                    "num_workers": 0, "shuffle_buffer": 8, "rawboost": False,
-                    "train_crop": "random"},
-           "model": {"encoder": "tiny", "proj_dim": 16},
-           "optim": {"epochs": 3, "patience": 0},
-           "loss": {"gather_batch": True},
-           "run": {"log_every": 1, "progress": False, "tensorboard": False}}
-    config = root / "tiny config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = slurm_stage1_config(root / "tiny config.yaml", shards,
+                                 optim={"epochs": 3, "patience": 0}, loss={"gather_batch": True})
     env = {**cluster.env, "SCCL_ENV": str(VENV), "SCCL_LAUNCH": "cpu", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "SCCL_SBATCH_ARGS": CPU_JOB, "SCCL_STAGE2_SBATCH": ONE_PROC,
            "SCCL_EVAL_SBATCH": ONE_PROC, "SCCL_POLL_SECONDS": "2"}

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from tests.corpus import la19_shards
+from tests.corpus import la19_shards, slurm_stage1_config
 from tests.slurm_cluster import two_node_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,16 +70,10 @@ def tiny_config(root: Path) -> tuple[Path, dict[str, Path]]:
     """Tiny Stage 1: 8 samples per epoch in global batches of 4 over 2 ranks, the gathered
     batch and a queue from the first step, so the weights depend on both ranks' data."""
     shards = la19_shards(root / "data")
-    cfg = {"data": {"train_shards": str(shards["train"]), "dev_shards": str(shards["dev"]),
-                    "crop_seconds": 0.5, "eval_seconds": 0.5, "batch_size": 4,
-                    "num_workers": 0, "shuffle_buffer": 8, "rawboost": False,
-                    "train_crop": "random"},
-           "model": {"encoder": "tiny", "proj_dim": 16},
-           "optim": {"epochs": 2, "patience": 0},
-           "loss": {"gather_batch": True, "queue_size": 8, "queue_start_epoch": 1},
-           "run": {"log_every": 1, "progress": False, "tensorboard": False}}
-    config = root / "tiny config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = slurm_stage1_config(root / "tiny config.yaml", shards,
+                                 optim={"epochs": 2, "patience": 0},
+                                 loss={"gather_batch": True, "queue_size": 8,
+                                       "queue_start_epoch": 1})
     return config, shards
 
 
